@@ -1,0 +1,1 @@
+"""Flower NumPyClients: thin adapters that move payloads and call the core."""

@@ -1,0 +1,49 @@
+"""WarmFed/FGL client: round-0 upload (adapter + prompt embeddings), then globalization rounds."""
+
+from __future__ import annotations
+
+import torch
+from flwr.common import NDArrays, Scalar
+from torch.utils.data import TensorDataset
+
+from clients.base import FederatedClient
+from clients.state import load_arrays, save_arrays
+from warmfed_flwr import payload, protocol
+from warmfed_flwr.warmstart import client_upload, from_uint8, globalize_client
+
+SUBSET = "synthetic-subset"
+
+
+class WarmFedClient(FederatedClient):
+    """Round 0 uploads; later rounds fine-tune on the kept synthetic subset before private training."""
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Dispatch on the stage the server asked for."""
+        if config[protocol.STAGE] == protocol.STAGE_WARMUP:
+            return self.warmup()
+        named = payload.decode(parameters, sender="server")
+        if protocol.SYNTHETIC_IMAGES in named:
+            save_arrays(self.context, SUBSET, {k: named[k] for k in (protocol.SYNTHETIC_IMAGES,
+                                                                     protocol.SYNTHETIC_LABELS)})
+        global_weights = payload.named_to_weights(payload.split_prefix(named, protocol.MODEL_PREFIX))
+        algo_round = int(config[protocol.ROUND])
+        self.load_global(global_weights)
+        loss = globalize_client(self.model, self.synthetic_subset(), self.split, self.cfg, self.device,
+                                self.seed + algo_round)
+        metrics = self.personalize(global_weights, algo_round, int(config[protocol.TOTAL_ROUNDS]))
+        return self.get_parameters({}), len(self.split.train), {**self.identity(), "train_loss": loss, **metrics}
+
+    def warmup(self) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Round 0: LoRA-adapt the generator (when enabled) and send adapter and class prompt embeddings."""
+        phrase = str(self.context.node_config.get("domain-phrase", ""))
+        named, timings = client_upload(self.cfg, self.split, self.class_names, self.device, self.cache_dir, phrase)
+        metrics = {**self.identity(), protocol.CLASS_NAMES: ",".join(self.class_names), **timings}
+        return payload.encode(named), len(self.split.train), metrics
+
+    def synthetic_subset(self) -> TensorDataset | None:
+        """The synthetic subset the server sent once, kept in state."""
+        kept = load_arrays(self.context, SUBSET)
+        if kept is None:
+            return None
+        return TensorDataset(from_uint8(kept[protocol.SYNTHETIC_IMAGES]),
+                             torch.from_numpy(kept[protocol.SYNTHETIC_LABELS]))

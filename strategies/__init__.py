@@ -1,0 +1,1 @@
+"""Flower strategies: thin adapters that move payloads, call the core and record metrics."""

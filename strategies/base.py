@@ -1,0 +1,164 @@
+"""FedAvg that records communication, client failures and every client's evaluation metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+from warmfed_flwr import payload, protocol
+from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr.results import RunRecorder
+
+logger = logging.getLogger(__name__)
+
+Failures = list[tuple[ClientProxy, FitRes] | BaseException]
+
+
+def _parameters_bytes(parameters: Parameters) -> int:
+    return int(sum(len(t) for t in parameters.tensors))
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg plus per-round records: bytes up/down per client, failures, global and personal accuracy."""
+
+    first_round = 1
+    """The algorithm round of Flower's server round 1 (0 for warm-start algorithms)."""
+
+    def __init__(self, cfg: ExperimentConfig, recorder: RunRecorder, num_rounds: int, **kwargs: Any) -> None:
+        super().__init__(
+            fraction_fit=cfg.train.fraction_fit,
+            fraction_evaluate=1.0,
+            min_fit_clients=cfg.train.min_fit_clients,
+            min_evaluate_clients=cfg.train.min_fit_clients,
+            min_available_clients=cfg.data.num_clients,
+            accept_failures=True,
+            **kwargs,
+        )
+        self.cfg = cfg
+        self.recorder = recorder
+        self.num_rounds = num_rounds
+        self._fit_started = 0.0
+
+    def algorithm_round(self, server_round: int) -> int:
+        """The algorithm's round number for a Flower server round."""
+        return server_round - 1 + self.first_round
+
+    def fit_config(self, server_round: int) -> dict[str, Scalar]:
+        """Config sent with every FitIns of ``server_round``."""
+        last = self.algorithm_round(self.num_rounds)
+        return {protocol.STAGE: protocol.STAGE_TRAIN, protocol.ROUND: self.algorithm_round(server_round),
+                protocol.TOTAL_ROUNDS: last}
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """Sample clients, attach the round config and count the bytes sent down."""
+        pairs = super().configure_fit(server_round, parameters, client_manager)
+        config = self.fit_config(server_round)
+        pairs = [(client, FitIns(ins.parameters, {**ins.config, **config})) for client, ins in pairs]
+        down = [_parameters_bytes(ins.parameters) for _, ins in pairs]
+        self.recorder.record_round(self.algorithm_round(server_round), {
+            "clients_sampled": len(pairs),
+            "bytes_down": sum(down),
+            "bytes_down_per_client": max(down, default=0),
+        })
+        self._fit_started = time.perf_counter()
+        return pairs
+
+    def record_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures) -> None:
+        """Record bytes up, fit metrics and failures of a round."""
+        algo_round = self.algorithm_round(server_round)
+        up = [_parameters_bytes(res.parameters) for _, res in results]
+        for failure in failures:
+            reason = failure if isinstance(failure, BaseException) else failure[1].status.message
+            self.recorder.event("client_failed", round=algo_round, reason=str(reason)[:300])
+        losses = [float(res.metrics["train_loss"]) for _, res in results if "train_loss" in res.metrics]
+        self.recorder.record_round(algo_round, {
+            "clients_ok": len(results),
+            "clients_failed": len(failures),
+            "bytes_up": sum(up),
+            "bytes_up_per_client": max(up, default=0),
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+        })
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Weighted average of the client weights, recorded."""
+        self.recorder.add_time("client_rounds", time.perf_counter() - self._fit_started)
+        self.record_fit(server_round, results, failures)
+        return super().aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """Evaluate on every client, sampled for training or not."""
+        self._eval_started = time.perf_counter()
+        config = {protocol.ROUND: self.algorithm_round(server_round)}
+        return [(client, EvaluateIns(ins.parameters, {**ins.config, **config}))
+                for client, ins in super().configure_evaluate(server_round, parameters, client_manager)]
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: Failures
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """Per-domain and pooled global accuracy, and personalized accuracy over clients."""
+        self.recorder.add_time("evaluation", time.perf_counter() - self._eval_started)
+        algo_round = self.algorithm_round(server_round)
+        record = evaluation_record(results)
+        self.recorder.record_round(algo_round, record)
+        if server_round == self.num_rounds:
+            logger.info("results written to %s\n%s", self.recorder.directory, self.recorder.finish())
+        loss = record.get("global_loss_pooled")
+        return (loss if isinstance(loss, float) else None), record
+
+
+def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]]) -> dict[str, Any]:
+    """Turn every client's evaluation metrics into one round record."""
+    record: dict[str, Any] = {}
+    total = sum(res.num_examples for _, res in results)
+    global_rows = [(res.metrics, res.num_examples) for _, res in results if "global_acc" in res.metrics]
+    if global_rows and total:
+        record["global_acc_pooled"] = sum(float(m["global_acc"]) * n for m, n in global_rows) / total
+        record["global_loss_pooled"] = sum(float(m["global_loss"]) * n for m, n in global_rows) / total
+        for metrics, _n in global_rows:
+            record[f"global_acc_{metrics[protocol.CLIENT_NAME]}"] = float(metrics["global_acc"])
+    personal = {str(res.metrics[protocol.CLIENT_NAME]): float(res.metrics["personal_acc"])
+                for _, res in results if "personal_acc" in res.metrics}
+    if personal:
+        values = list(personal.values())
+        record["personal_acc_mean"] = statistics.fmean(values)
+        record["personal_acc_std"] = statistics.pstdev(values)
+        record.update({f"personal_acc_{name}": acc for name, acc in personal.items()})
+    for key in ("dsd_share_t1", "dsd_share_t2"):
+        shares = [float(res.metrics[key]) for _, res in results if key in res.metrics]
+        if shares:
+            record[key] = statistics.fmean(shares)
+    return record
+
+
+def fit_results_weights(results: list[tuple[ClientProxy, FitRes]]) -> list[tuple[list[np.ndarray], int]]:
+    """(weights, num_examples) of every result whose parameters are a plain weight list."""
+    return [(parameters_to_ndarrays(res.parameters), res.num_examples) for _, res in results]
+
+
+def decode_results(
+    results: list[tuple[ClientProxy, FitRes]], recorder: RunRecorder, algo_round: int
+) -> list[tuple[str, dict[str, np.ndarray], FitRes]]:
+    """Decode every bundle upload; a malformed one is left out with a recorded reason."""
+    decoded = []
+    for proxy, res in results:
+        name = str(res.metrics.get(protocol.CLIENT_NAME, proxy.cid))
+        try:
+            decoded.append((name, payload.decode(parameters_to_ndarrays(res.parameters), name), res))
+        except Exception as exc:  # noqa: BLE001 - any malformed upload is refused, never fatal
+            recorder.event("upload_refused", round=algo_round, client=name, reason=str(exc))
+    return decoded

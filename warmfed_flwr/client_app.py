@@ -1,0 +1,37 @@
+"""The Flower ClientApp: read the config and node config, build the algorithm's NumPyClient."""
+
+from __future__ import annotations
+
+from flwr.client import Client, ClientApp
+from flwr.common import Context
+
+from clients.base import FederatedClient, LocalOnlyClient
+from clients.warmfed import WarmFedClient
+from warmfed_flwr.config import resolve
+from warmfed_flwr.data import load_benchmark
+from warmfed_flwr.errors import ConfigError
+from warmfed_flwr.runtime import cache_dir, one_line_errors
+from warmfed_flwr.training import resolve_device, seed_everything
+
+CLIENTS = {"warmfed": WarmFedClient, "fgl": WarmFedClient, "local": LocalOnlyClient}
+
+
+@one_line_errors
+def client_fn(context: Context) -> Client:
+    """Build this node's client from its partition-id."""
+    cfg = resolve(dict(context.run_config))
+    partition_id = int(context.node_config.get("partition-id", 0))
+    num_partitions = int(context.node_config.get("num-partitions", cfg.data.num_clients))
+    if num_partitions != cfg.data.num_clients or not 0 <= partition_id < num_partitions:
+        raise ConfigError(
+            f"node has partition-id {partition_id} of {num_partitions} partitions but 'data.num-clients' = "
+            f"{cfg.data.num_clients}; start as many SuperNodes (num-supernodes) as data.num-clients"
+        )
+    seed_everything(cfg.seed * 1000 + partition_id)
+    benchmark = load_benchmark(cfg.data, cfg.seed, cache_dir(cfg))
+    client_cls = CLIENTS.get(cfg.algorithm, FederatedClient)
+    device = resolve_device(cfg.device)
+    return client_cls(cfg, benchmark, partition_id, context, device, cache_dir(cfg)).to_client()
+
+
+app = ClientApp(client_fn=client_fn)

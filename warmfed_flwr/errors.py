@@ -1,0 +1,21 @@
+"""Project error types: each message names the key, path or client and what would fix it."""
+
+
+class WarmFedError(Exception):
+    """Base class for errors the apps report as one line."""
+
+
+class ConfigError(WarmFedError):
+    """A configuration key is unknown, mistyped or out of range."""
+
+
+class DataError(WarmFedError):
+    """A dataset path is missing, empty, unreadable or inconsistent."""
+
+
+class PayloadError(WarmFedError):
+    """A client upload or server message does not match its expected schema."""
+
+
+class GeneratorError(WarmFedError):
+    """A generator pipeline or adapter cannot be loaded, built or applied."""

@@ -1,0 +1,106 @@
+"""Named-tensor codec over the flat array lists a NumPyClient exchanges, with a checked manifest.
+
+A bundle is ``[manifest, a_1, ..., a_n]`` where ``manifest`` is UTF-8 JSON in a uint8 array
+listing each entry's name, shape and dtype. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from warmfed_flwr.errors import PayloadError
+
+FORMAT = "warmfed-bundle/1"
+ALLOWED_DTYPES = frozenset({"float32", "float16", "int64", "int32", "uint8", "bool"})
+Schema = Mapping[str, tuple[tuple[int, ...], str]]
+"""name -> (shape, dtype) an upload must match."""
+
+
+def encode(named: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Pack named arrays into a manifest-led list of arrays."""
+    entries, arrays = [], []
+    for name, value in named.items():
+        array = np.ascontiguousarray(value)
+        if array.dtype.name not in ALLOWED_DTYPES:
+            raise PayloadError(f"entry '{name}' has dtype {array.dtype.name}; cast to one of {sorted(ALLOWED_DTYPES)}")
+        entries.append({"name": name, "shape": list(array.shape), "dtype": array.dtype.name})
+        arrays.append(array)
+    manifest = json.dumps({"format": FORMAT, "entries": entries}).encode()
+    return [np.frombuffer(manifest, dtype=np.uint8), *arrays]
+
+
+def decode(arrays: Sequence[np.ndarray], sender: str = "peer") -> dict[str, np.ndarray]:
+    """Unpack a bundle, checking every array against the manifest."""
+    if not arrays or arrays[0].dtype != np.uint8 or arrays[0].ndim != 1:
+        raise PayloadError(f"upload from {sender} has no manifest; it was not made by payload.encode")
+    try:
+        manifest = json.loads(arrays[0].tobytes().decode())
+        entries = manifest["entries"]
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"upload from {sender} has an unreadable manifest ({exc})") from exc
+    body = arrays[1:]
+    if len(entries) != len(body):
+        raise PayloadError(f"upload from {sender} lists {len(entries)} entries but carries {len(body)} arrays")
+    named: dict[str, np.ndarray] = {}
+    for entry, array in zip(entries, body):
+        name = entry.get("name")
+        if not isinstance(name, str) or name in named:
+            raise PayloadError(f"upload from {sender} has a missing or repeated entry name {name!r}")
+        if list(array.shape) != entry.get("shape") or array.dtype.name != entry.get("dtype"):
+            raise PayloadError(
+                f"upload from {sender}: entry '{name}' is {array.dtype.name}{list(array.shape)}, "
+                f"manifest says {entry.get('dtype')}{entry.get('shape')}"
+            )
+        named[name] = array
+    return named
+
+
+def validate(named: Mapping[str, np.ndarray], schema: Schema, sender: str, max_bytes: int) -> None:
+    """Refuse an upload whose keys, shapes, dtypes, values or size differ from ``schema``."""
+    missing = sorted(set(schema) - set(named))
+    if missing:
+        raise PayloadError(f"upload from {sender} lacks {len(missing)} expected entries, e.g. '{missing[0]}'")
+    extra = sorted(set(named) - set(schema))
+    if extra:
+        raise PayloadError(f"upload from {sender} has {len(extra)} unexpected entries, e.g. '{extra[0]}'")
+    size = sum(a.nbytes for a in named.values())
+    if size > max_bytes:
+        raise PayloadError(f"upload from {sender} is {size} bytes, over the limit of {max_bytes}")
+    for name, (shape, dtype) in schema.items():
+        array = named[name]
+        if tuple(array.shape) != tuple(shape):
+            raise PayloadError(f"upload from {sender}: '{name}' has shape {tuple(array.shape)}, expected {tuple(shape)}")
+        if array.dtype.name != dtype:
+            raise PayloadError(f"upload from {sender}: '{name}' has dtype {array.dtype.name}, expected {dtype}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise PayloadError(f"upload from {sender}: '{name}' holds NaN or Inf values")
+
+
+def nbytes(arrays: Sequence[np.ndarray]) -> int:
+    """Bytes of a list of arrays, as counted for communication."""
+    return int(sum(a.nbytes for a in arrays))
+
+
+def split_prefix(named: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Entries under ``prefix`` with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in named.items() if k.startswith(prefix)}
+
+
+def with_prefix(named: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Entries with ``prefix`` prepended to each name."""
+    return {prefix + k: v for k, v in named.items()}
+
+
+def weights_to_named(weights: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Model weights as ordered named entries ``00000``, ``00001``, ..."""
+    return {f"{i:05d}": w for i, w in enumerate(weights)}
+
+
+def named_to_weights(named: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Inverse of :func:`weights_to_named`."""
+    return [named[k] for k in sorted(named)]

@@ -1,0 +1,29 @@
+"""What the server and clients agree on: message stages, config keys and bundle entry names.
+
+Strategies and clients never import each other; they meet here.
+"""
+
+STAGE = "stage"
+"""FitIns config key naming what the client should do."""
+STAGE_TRAIN = "train"
+"""Plain federated training of the received weights (FedAvg, FedProx, FGL rounds, local-only)."""
+STAGE_WARMUP = "warmup"
+"""WarmFed/FGL round 0: upload the LoRA adapter (optional) and the class prompt embeddings."""
+STAGE_GLOBALIZE = "globalize"
+"""WarmFed round t>=1: fine-tune on the synthetic subset, then train on private data."""
+
+ROUND = "round"
+"""FitIns/EvaluateIns config key: the algorithm's round (0 = WarmFed/FGL warm start)."""
+TOTAL_ROUNDS = "total-rounds"
+PROXIMAL_MU = "proximal-mu"
+
+ADAPTER_PREFIX = "adapter."
+EMBEDDINGS = "embeddings"
+MODEL_PREFIX = "model."
+SYNTHETIC_IMAGES = "synthetic.images"
+SYNTHETIC_LABELS = "synthetic.labels"
+
+CLIENT_NAME = "client"
+"""Metric key: the client's name (its domain under the domain partition)."""
+CLASS_NAMES = "class-names"
+"""Round-0 metric key: the client's class names, comma-joined, checked against the server's."""

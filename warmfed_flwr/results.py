@@ -1,0 +1,148 @@
+"""Run records: resolved config, per-round metrics (JSON, CSV), markdown summary and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{100 * value:.2f}"
+    return str(value)
+
+
+@dataclass
+class RunRecorder:
+    """Collects metrics of one run and writes them under ``directory``."""
+
+    directory: Path
+    config: dict[str, Any]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.directory / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        """Account ``seconds`` of wall-clock to ``stage``."""
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def event(self, kind: str, **details: Any) -> None:
+        """Record a notable event (a refused upload, a failed client)."""
+        logger.warning("%s: %s", kind, details)
+        self.events.append({"kind": kind, **details})
+
+    def record_round(self, server_round: int, metrics: dict[str, Any]) -> None:
+        """Merge ``metrics`` into the row of ``server_round`` and rewrite the files."""
+        row = next((r for r in self.rounds if r["round"] == server_round), None)
+        if row is None:
+            row = {"round": server_round}
+            self.rounds.append(row)
+            self.rounds.sort(key=lambda r: r["round"])
+        row.update(metrics)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write metrics.json and metrics.csv."""
+        total = time.perf_counter() - self.started
+        accounted = sum(self.stage_seconds.values())
+        timing = {**self.stage_seconds, "other": max(total - accounted, 0.0), "total": total}
+        doc = {"config": self.config, "rounds": self.rounds, "time_seconds": timing, "events": self.events}
+        _atomic_write(self.directory / "metrics.json", json.dumps(doc, indent=1, default=float))
+        columns = sorted({k for r in self.rounds for k in r}, key=lambda k: (k != "round", k))
+        tmp = self.directory / "metrics.csv.tmp"
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rounds)
+        os.replace(tmp, self.directory / "metrics.csv")
+
+    def finish(self) -> str:
+        """Write summary.md and accuracy.png; return the summary text."""
+        self.flush()
+        summary = summarize(self.rounds, self.config, self.stage_seconds)
+        _atomic_write(self.directory / "summary.md", summary)
+        plot_accuracy(self.rounds, self.directory / "accuracy.png")
+        return summary
+
+
+def _series(rounds: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(r["round"], r[key]) for r in rounds if isinstance(r.get(key), (int, float))]
+
+
+def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_seconds: dict[str, float]) -> str:
+    """A markdown summary: pooled and per-domain global accuracy, personalized accuracy, bytes, time."""
+    lines = [f"# {config.get('experiment')} ({config.get('algorithm')}, seed {config.get('seed')})", ""]
+    evaluated = [r for r in rounds if "global_acc_pooled" in r]
+    if evaluated:
+        last, best = evaluated[-1], max(evaluated, key=lambda r: r["global_acc_pooled"])
+        domains = sorted(k.removeprefix("global_acc_") for k in last if k.startswith("global_acc_") and k != "global_acc_pooled")
+        lines += ["## Global model accuracy (%)", "", "| round | pooled | " + " | ".join(domains) + " |",
+                  "|---" * (len(domains) + 2) + "|"]
+        for row in evaluated:
+            cells = [_fmt(row.get(f"global_acc_{d}", float("nan"))) for d in domains]
+            lines.append(f"| {row['round']} | {_fmt(row['global_acc_pooled'])} | " + " | ".join(cells) + " |")
+        lines += ["", f"Last (round {last['round']}): pooled {_fmt(last['global_acc_pooled'])}; "
+                  f"best (round {best['round']}): {_fmt(best['global_acc_pooled'])}.", ""]
+    personal = [r for r in rounds if "personal_acc_mean" in r]
+    if personal:
+        last = personal[-1]
+        best = max(personal, key=lambda r: r["personal_acc_mean"])
+        lines += ["## Personalized models (every client, own test split)", "",
+                  f"Last (round {last['round']}): mean {_fmt(last['personal_acc_mean'])} "
+                  f"+- {_fmt(last.get('personal_acc_std', float('nan')))}; best (round {best['round']}): "
+                  f"{_fmt(best['personal_acc_mean'])}.", ""]
+    up = sum(r.get("bytes_up", 0) for r in rounds)
+    down = sum(r.get("bytes_down", 0) for r in rounds)
+    lines += ["## Communication and time", "", f"Bytes up: {up:,}; bytes down: {down:,}.", ""]
+    if stage_seconds:
+        lines.append("| stage | seconds |")
+        lines.append("|---|---|")
+        lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in stage_seconds.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(rounds: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy per round: global pooled, per domain, personalized mean, DSD teacher shares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in rounds for k in r if k.startswith(("global_acc_", "personal_acc_mean", "dsd_share_"))})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        points = _series(rounds, key)
+        if points:
+            style = "-o" if key in ("global_acc_pooled", "personal_acc_mean") else "--"
+            ax.plot(*zip(*points), style, label=key, markersize=3)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy / share")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if keys:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

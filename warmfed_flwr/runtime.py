@@ -1,0 +1,55 @@
+"""What both apps do at start-up: resolve the config, its paths and the device; report errors in one line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr.data import default_cache_dir
+from warmfed_flwr.errors import ConfigError, WarmFedError
+
+logger = logging.getLogger("warmfed_flwr")
+T = TypeVar("T")
+
+
+def absolute_path(key: str, value: str) -> Path:
+    """``value`` as an absolute path (``~`` expanded); a relative path is refused, naming ``key``."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(
+            f"config key '{key}' = '{value}' must be an absolute path (or start with ~): Flower runs the app "
+            "from its own install directory"
+        )
+    return path
+
+
+def cache_dir(cfg: ExperimentConfig) -> Path:
+    """The cache directory for data, the tiny foundation and synthetic sets."""
+    return absolute_path("cache-dir", cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+
+
+def run_dir(cfg: ExperimentConfig) -> Path:
+    """The directory this run writes its results to."""
+    name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.experiment}-{cfg.algorithm}-s{cfg.seed}"
+    return absolute_path("output-dir", cfg.output_dir) / name
+
+
+def one_line_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn a project error raised by ``fn`` into one logged line and a failed run, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except WarmFedError as exc:
+            logger.error("%s: %s", type(exc).__name__, exc)
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper

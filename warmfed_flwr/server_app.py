@@ -1,0 +1,54 @@
+"""The Flower ServerApp: read the config, build one strategy, run the rounds."""
+
+from __future__ import annotations
+
+from flwr.common import Context, ndarrays_to_parameters
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+
+from strategies.base import RecordingFedAvg
+from strategies.baselines import CentralizedStrategy, FedAvgStrategy, FedProxStrategy, LocalOnlyStrategy
+from strategies.fgl import FGLStrategy
+from strategies.warmfed import WarmFedStrategy
+from warmfed_flwr.centralized import CentralizedTrainer
+from warmfed_flwr.config import ExperimentConfig, resolve
+from warmfed_flwr.data import Benchmark, load_benchmark
+from warmfed_flwr.models import build_model
+from warmfed_flwr.results import RunRecorder
+from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir
+from warmfed_flwr.training import get_weights, resolve_device, seed_everything
+from warmfed_flwr.warmstart import WarmStartServer
+
+WARM_START = {"warmfed": WarmFedStrategy, "fgl": FGLStrategy}
+PLAIN = {"fedavg": FedAvgStrategy, "fedprox": FedProxStrategy, "local": LocalOnlyStrategy}
+
+
+def build_strategy(cfg: ExperimentConfig, benchmark: Benchmark, recorder: RunRecorder) -> RecordingFedAvg:
+    """The configured algorithm's strategy, with the initial global model."""
+    device = resolve_device(cfg.device)
+    initial = ndarrays_to_parameters(get_weights(build_model(cfg.model, len(benchmark.class_names))))
+    common = {"cfg": cfg, "recorder": recorder, "num_rounds": num_server_rounds(cfg), "initial_parameters": initial}
+    if cfg.algorithm in WARM_START:
+        server = WarmStartServer(cfg, benchmark.class_names, device, cache_dir(cfg), recorder.directory)
+        return WARM_START[cfg.algorithm](**common, server=server)
+    if cfg.algorithm == "centralized":
+        return CentralizedStrategy(**common, trainer=CentralizedTrainer(cfg, benchmark, device))
+    return PLAIN[cfg.algorithm](**common)
+
+
+def num_server_rounds(cfg: ExperimentConfig) -> int:
+    """Flower rounds: the warm-start algorithms spend one extra round (round 0) on uploads."""
+    return cfg.train.rounds + (1 if cfg.algorithm in WARM_START else 0)
+
+
+@one_line_errors
+def server_fn(context: Context) -> ServerAppComponents:
+    """Validate the config, load class names, build the strategy."""
+    cfg = resolve(dict(context.run_config))
+    seed_everything(cfg.seed)
+    benchmark = load_benchmark(cfg.data, cfg.seed, cache_dir(cfg))
+    recorder = RunRecorder(run_dir(cfg), cfg.to_flat())
+    strategy = build_strategy(cfg, benchmark, recorder)
+    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=num_server_rounds(cfg)))
+
+
+app = ServerApp(server_fn=server_fn)

@@ -1,0 +1,170 @@
+"""WarmFed and FGL steps as plain functions: the client's round-0 upload, the server's synthesis and
+warm-start training, the class-balanced synthetic subset and the globalization fine-tunes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from warmfed_flwr import payload, protocol
+from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr.data import ClientSplit
+from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adapter
+from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
+from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
+from warmfed_flwr.generative.synthesis import cached_synthesis, save_grid, synthesis_key, synthesize
+from warmfed_flwr.models import build_model
+from warmfed_flwr.training import get_weights, set_weights, train_epochs
+
+logger = logging.getLogger(__name__)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1] as uint8 arrays, the form the synthetic subset travels in."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def from_uint8(images: np.ndarray) -> torch.Tensor:
+    """Inverse of :func:`to_uint8`."""
+    return torch.from_numpy(images.astype(np.float32) / 255.0)
+
+
+def client_upload(
+    cfg: ExperimentConfig, split: ClientSplit, class_names: list[str], device: torch.device,
+    cache_dir: Path, domain_phrase: str = "",
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Round 0 on a client: LoRA fine-tune (when enabled) and class prompt embeddings, as named arrays."""
+    pipe = load_pipeline(resolve_base(cfg.generator, cache_dir), device, cfg.generator.dtype)
+    prompts = class_prompts(cfg.generator.prompt_template, class_names, domain_phrase)
+    named = {protocol.EMBEDDINGS: prompt_embeddings(pipe, prompts).float().numpy()}
+    timings: dict[str, float] = {}
+    if cfg.lora.enabled:
+        started = time.perf_counter()
+        adapter = finetune_lora(pipe, split.train, class_names, cfg.generator.prompt_template, cfg.lora,
+                                seed=cfg.seed, domain_phrase=domain_phrase)
+        timings["lora_seconds"] = time.perf_counter() - started
+        named.update({protocol.ADAPTER_PREFIX + k: v.float().cpu().numpy() for k, v in adapter.items()})
+    return named, timings
+
+
+def balanced_subset(labels: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """Indices of a class-balanced random subset holding ``ratio`` of each class."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in labels.unique(sorted=True):
+        members = (labels == label).nonzero().flatten()
+        keep = max(1, round(ratio * len(members)))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
+    return torch.cat(chosen).sort().values
+
+
+@dataclass
+class SyntheticSet:
+    """The server's labelled synthetic data, with the client each image came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    sources: list[str] = field(default_factory=list)
+
+    def dataset(self) -> TensorDataset:
+        """As a TensorDataset for training."""
+        return TensorDataset(self.images, self.labels)
+
+
+class WarmStartServer:
+    """Server-side WarmFed/FGL: one resident pipeline, synthesis per upload, warm-start and fine-tuning."""
+
+    def __init__(self, cfg: ExperimentConfig, class_names: list[str], device: torch.device,
+                 cache_dir: Path, output_dir: Path) -> None:
+        self.cfg = cfg
+        self.class_names = class_names
+        self.device = device
+        self.cache_dir = cache_dir
+        self.output_dir = output_dir
+        self.pipe = load_pipeline(resolve_base(cfg.generator, cache_dir), device, cfg.generator.dtype)
+        self.model = build_model(cfg.model, len(class_names))
+        self.synthetic: SyntheticSet | None = None
+        self.subset: TensorDataset | None = None
+
+    def upload_schema(self) -> payload.Schema:
+        """Entry names, shapes and dtypes a round-0 upload must have."""
+        reference = prompt_embeddings(self.pipe, class_prompts(self.cfg.generator.prompt_template,
+                                                               self.class_names))
+        schema: dict[str, tuple[tuple[int, ...], str]] = {protocol.EMBEDDINGS: (tuple(reference.shape), "float32")}
+        if self.cfg.lora.enabled:
+            for key, (shape, _dtype) in adapter_schema(self.pipe, self.cfg.lora).items():
+                schema[protocol.ADAPTER_PREFIX + key] = (tuple(shape), "float32")
+        return schema
+
+    def synthesize_client(self, client: str, named: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels generated from one client's embeddings (and adapter, when sent)."""
+        syn = self.cfg.synthesis
+        embeddings = torch.from_numpy(named[protocol.EMBEDDINGS])
+        adapter = {k: torch.from_numpy(v) for k, v in payload.split_prefix(named, protocol.ADAPTER_PREFIX).items()}
+        key = synthesis_key(embeddings, *adapter.values(), self.cfg.generator.base, syn.images_per_class,
+                            syn.steps, syn.guidance, self.cfg.seed)
+
+        def make() -> tuple[torch.Tensor, torch.Tensor]:
+            with use_adapter(self.pipe, adapter, client) if adapter else nullcontext():
+                return synthesize(self.pipe, embeddings, syn.images_per_class, syn.steps, syn.guidance,
+                                  syn.batch_size, self.cfg.seed)
+
+        images, labels = cached_synthesis(self.cache_dir / "synthetic", key, make)
+        save_grid(images, labels, self.output_dir / f"synthetic_{client}.png")
+        return images, labels
+
+    def build_synthetic(self, uploads: list[tuple[str, dict[str, np.ndarray]]]) -> SyntheticSet:
+        """The union of every accepted client's synthetic images, and its class-balanced subset."""
+        parts = [(client, *self.synthesize_client(client, named)) for client, named in uploads]
+        self.synthetic = SyntheticSet(
+            images=torch.cat([p[1] for p in parts]),
+            labels=torch.cat([p[2] for p in parts]),
+            sources=[client for client, images, _ in parts for _ in range(len(images))],
+        )
+        index = balanced_subset(self.synthetic.labels, self.cfg.synthesis.subset_ratio, self.cfg.seed)
+        self.subset = TensorDataset(self.synthetic.images[index], self.synthetic.labels[index])
+        return self.synthetic
+
+    def train_warm_start(self) -> list[np.ndarray]:
+        """Train the one-shot global model on the whole synthetic set."""
+        assert self.synthetic is not None, "build_synthetic must run first"
+        self._train(self.synthetic.dataset(), self.cfg.warmfed.warm_epochs, seed=self.cfg.seed)
+        return get_weights(self.model)
+
+    def finetune(self, weights: list[np.ndarray], algo_round: int) -> list[np.ndarray]:
+        """Server-side globalization: fine-tune the aggregate on the synthetic subset."""
+        set_weights(self.model, weights)
+        if self.subset is not None and self.cfg.warmfed.server_finetune:
+            self._train(self.subset, self.cfg.warmfed.server_ft_epochs, seed=self.cfg.seed + algo_round)
+        return get_weights(self.model)
+
+    def subset_arrays(self) -> dict[str, np.ndarray]:
+        """The synthetic subset as the named arrays sent to clients once."""
+        assert self.subset is not None, "build_synthetic must run first"
+        images, labels = self.subset.tensors
+        return {protocol.SYNTHETIC_IMAGES: to_uint8(images), protocol.SYNTHETIC_LABELS: labels.numpy()}
+
+    def _train(self, dataset: Dataset, epochs: int, seed: int) -> None:
+        t = self.cfg.train
+        train_epochs(self.model, dataset, epochs=epochs, lr=t.lr, batch_size=t.batch_size, device=self.device,
+                     seed=seed, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def globalize_client(
+    model: torch.nn.Module, subset: Dataset | None, split: ClientSplit, cfg: ExperimentConfig,
+    device: torch.device, seed: int,
+) -> float:
+    """Rounds t>=1 on a client: fine-tune on the synthetic subset, then train on private data."""
+    t = cfg.train
+    if subset is not None and cfg.warmfed.client_syn_finetune:
+        train_epochs(model, subset, epochs=cfg.warmfed.client_syn_epochs, lr=t.lr, batch_size=t.batch_size,
+                     device=device, seed=seed, momentum=t.momentum, weight_decay=t.weight_decay)
+    return train_epochs(model, split.train, epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
+                        device=device, seed=seed + 1, momentum=t.momentum, weight_decay=t.weight_decay)

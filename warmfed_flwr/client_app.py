@@ -6,14 +6,21 @@ from flwr.client import Client, ClientApp
 from flwr.common import Context
 
 from clients.base import FederatedClient, LocalOnlyClient
-from clients.warmfed import WarmFedClient
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import load_benchmark
 from warmfed_flwr.errors import ConfigError
 from warmfed_flwr.runtime import cache_dir, one_line_errors
 from warmfed_flwr.training import resolve_device, seed_everything
 
-CLIENTS = {"warmfed": WarmFedClient, "fgl": WarmFedClient, "local": LocalOnlyClient}
+
+
+def client_class(algorithm: str) -> type[FederatedClient]:
+    """The NumPyClient of ``algorithm``; the generative stack is imported only by the algorithms that use it."""
+    if algorithm in ("warmfed", "fgl"):
+        from clients.warmfed import WarmFedClient
+
+        return WarmFedClient
+    return LocalOnlyClient if algorithm == "local" else FederatedClient
 
 
 @one_line_errors
@@ -29,9 +36,8 @@ def client_fn(context: Context) -> Client:
         )
     seed_everything(cfg.seed * 1000 + partition_id)
     benchmark = load_benchmark(cfg.data, cfg.seed, cache_dir(cfg))
-    client_cls = CLIENTS.get(cfg.algorithm, FederatedClient)
     device = resolve_device(cfg.device)
-    return client_cls(cfg, benchmark, partition_id, context, device, cache_dir(cfg)).to_client()
+    return client_class(cfg.algorithm)(cfg, benchmark, partition_id, context, device, cache_dir(cfg)).to_client()
 
 
 app = ClientApp(client_fn=client_fn)

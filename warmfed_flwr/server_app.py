@@ -7,8 +7,6 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from strategies.base import RecordingFedAvg
 from strategies.baselines import CentralizedStrategy, FedAvgStrategy, FedProxStrategy, LocalOnlyStrategy
-from strategies.fgl import FGLStrategy
-from strategies.warmfed import WarmFedStrategy
 from warmfed_flwr.centralized import CentralizedTrainer
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.data import Benchmark, load_benchmark
@@ -16,20 +14,27 @@ from warmfed_flwr.models import build_model
 from warmfed_flwr.results import RunRecorder
 from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir
 from warmfed_flwr.training import get_weights, resolve_device, seed_everything
-from warmfed_flwr.warmstart import WarmStartServer
 
-WARM_START = {"warmfed": WarmFedStrategy, "fgl": FGLStrategy}
+WARM_START = ("warmfed", "fgl")
 PLAIN = {"fedavg": FedAvgStrategy, "fedprox": FedProxStrategy, "local": LocalOnlyStrategy}
 
 
 def build_strategy(cfg: ExperimentConfig, benchmark: Benchmark, recorder: RunRecorder) -> RecordingFedAvg:
-    """The configured algorithm's strategy, with the initial global model."""
+    """The configured algorithm's strategy, with the initial global model.
+
+    The generative stack is imported only by the algorithms that use it.
+    """
     device = resolve_device(cfg.device)
     initial = ndarrays_to_parameters(get_weights(build_model(cfg.model, len(benchmark.class_names))))
     common = {"cfg": cfg, "recorder": recorder, "num_rounds": num_server_rounds(cfg), "initial_parameters": initial}
     if cfg.algorithm in WARM_START:
+        from strategies.fgl import FGLStrategy
+        from strategies.warmfed import WarmFedStrategy
+        from warmfed_flwr.warmstart import WarmStartServer
+
         server = WarmStartServer(cfg, benchmark.class_names, device, cache_dir(cfg), recorder.directory)
-        return WARM_START[cfg.algorithm](**common, server=server)
+        strategy_cls = WarmFedStrategy if cfg.algorithm == "warmfed" else FGLStrategy
+        return strategy_cls(**common, server=server)
     if cfg.algorithm == "centralized":
         return CentralizedStrategy(**common, trainer=CentralizedTrainer(cfg, benchmark, device))
     return PLAIN[cfg.algorithm](**common)

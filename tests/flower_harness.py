@@ -1,0 +1,104 @@
+"""Start a private SuperLink (simulation or deployment) for tests and run the app through `flwr run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    """Block until something listens on ``port``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class Processes:
+    """Processes started in their own process groups, ended as whole groups."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        """Start ``args`` logging to ``home/name.log``."""
+        log = (self.home / f"{name}.log").open("w")
+        proc = subprocess.Popen(list(args), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        """End every started process group."""
+        for proc in reversed(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def start_superlink(procs: Processes, simulation: bool, extra: tuple[str, ...] = ("--insecure",)) -> tuple[int, int]:
+    """Start a SuperLink; return (control/runtime port, fleet port) and register it as federation 'test'."""
+    port, fleet = free_port(), free_port()
+    args = [str(BIN / "flower-superlink"), *extra, "--host", "127.0.0.1", "--port", str(port),
+            "--fleet-api-address", f"127.0.0.1:{fleet}", "--database", str(procs.home / "state.db"),
+            "--disable-runtime-dependency-installation"]
+    if simulation:
+        args += ["--simulation", "--isolation", "subprocess"]
+    procs.start("superlink", *args)
+    wait_for_port(port)
+    secure = "insecure = true" if "--insecure" in extra else f'root-certificates = "{procs.home / "ca.crt"}"'
+    (procs.home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\n{secure}\n'
+    )
+    return port, fleet
+
+
+def flwr_run(procs: Processes, run_config: dict, num_supernodes: int | None, timeout: float) -> subprocess.CompletedProcess:
+    """`flwr run . test --stream` with ``run_config`` overrides; returns the finished command."""
+    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+    args = [str(BIN / "flwr"), "run", ".", "test", "--stream", "--run-config", overrides]
+    if num_supernodes is not None:
+        args += ["--federation-config", f"num-supernodes={num_supernodes}"]
+    return subprocess.run(args, env=procs.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """The metrics.json a finished run wrote."""
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def start_supernode(procs: Processes, fleet: int, partition_id: int, num_partitions: int,
+                    extra: tuple[str, ...] = ("--insecure",)) -> subprocess.Popen:
+    """Start a SuperNode for ``partition_id`` connected to the SuperLink's Fleet API."""
+    return procs.start(
+        f"supernode-{partition_id}", str(BIN / "flower-supernode"), *extra,
+        "--superlink", f"127.0.0.1:{fleet}", "--port", str(free_port()),
+        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+    )

@@ -1,0 +1,54 @@
+"""The Flower app end to end through `flwr run` on a private simulation SuperLink."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.flower_harness import Processes, flwr_run, read_metrics, start_superlink
+
+DOMAINS = ["mnist", "digits", "fonts", "mnistm"]
+
+
+@pytest.fixture(scope="module")
+def simulation(tmp_path_factory):
+    procs = Processes(tmp_path_factory.mktemp("flwr-home"))
+    start_superlink(procs, simulation=True)
+    yield procs
+    procs.stop()
+
+
+def tiny(tmp_path: Path, cache: Path, **overrides) -> dict:
+    return {"output-dir": str(tmp_path), "run-name": "run", "cache-dir": str(cache), "device": "cpu",
+            "data.max-per-domain": 300, "train.local-epochs": 2, **overrides}
+
+
+def test_fedavg_through_flwr_run_writes_results(simulation, tmp_path, shared_cache):
+    done = flwr_run(simulation, tiny(tmp_path, shared_cache, algorithm="fedavg", **{"train.rounds": 2}), 4, 600)
+    run = tmp_path / "run"
+    assert (run / "metrics.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = read_metrics(run)
+    rounds = {r["round"]: r for r in metrics["rounds"]}
+    assert sorted(rounds) == [1, 2]
+    last = rounds[2]
+    assert last["clients_ok"] == 4 and last["clients_failed"] == 0
+    assert 0.3 < last["global_acc_pooled"] <= 1.0
+    assert all(0.0 <= last[f"global_acc_{d}"] <= 1.0 for d in DOMAINS)
+    assert last["bytes_up"] == 4 * last["bytes_up_per_client"] > 0
+    summary = (run / "summary.md").read_text()
+    assert "pooled" in summary and "mnistm" in summary
+    assert (run / "accuracy.png").stat().st_size > 1000
+    assert (run / "metrics.csv").read_text().startswith("round,")
+    assert "algorithm: fedavg" in (run / "config.yaml").read_text()
+
+
+def test_bad_config_stops_the_run_with_one_line(simulation, tmp_path, shared_cache):
+    done = flwr_run(simulation, tiny(tmp_path, shared_cache, **{"train.rounds": 0}), 4, 300)
+    output = done.stdout + done.stderr
+    assert "ConfigError: config key 'train.rounds' = 0 must be a positive integer" in output
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_override_key_is_refused_by_flwr(simulation, tmp_path, shared_cache):
+    done = flwr_run(simulation, tiny(tmp_path, shared_cache, **{"train.roundz": 2}), 4, 120)
+    assert "train.roundz" in done.stdout + done.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,138 @@
+"""Hugging Face hub datasets (online users): download with ``datasets`` and convert to per-domain arrays.
+
+The download (``fetch_dataset``) and the conversion (``dataset_to_domains``) are separate so the
+conversion can be used and tested on any in-memory ``datasets.Dataset``. All splits of a hub dataset
+are pooled; the project does its own train/test partitioning.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from warmfed_flwr.data.partition import DomainArrays, cache_key, cached_arrays, select_domains
+from warmfed_flwr.errors import DataError
+
+log = logging.getLogger(__name__)
+
+VERSION = "v1"
+SINGLE_DOMAIN = "hub"
+
+
+def fetch_dataset(hub_id: str) -> Any:
+    """All splits of hub dataset ``hub_id`` pooled into one ``datasets.Dataset``."""
+    import datasets
+
+    if not hub_id:
+        raise DataError("data.hub-id is empty; set it to a hub dataset id or use data.source=imagefolder")
+    try:
+        loaded = datasets.load_dataset(hub_id)
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = datasets.concatenate_datasets([loaded[split] for split in loaded])
+    except Exception as exc:  # noqa: BLE001 - network, auth, format and schema errors all end the same way
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        raise DataError(
+            f"cannot load hub dataset {hub_id}: {reason}; check the id or use data.source=imagefolder"
+        ) from exc
+    return loaded
+
+
+def _names(dataset: Any, column: str, hub_id: str) -> tuple[list[str], np.ndarray]:
+    """Sorted value names of a ClassLabel or string ``column`` and every row's index into them."""
+    from datasets import ClassLabel
+
+    feature = dataset.features[column]
+    values = dataset[column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names), np.asarray(values, dtype=np.int64)
+    if getattr(feature, "dtype", None) in ("string", "large_string"):
+        names = sorted(set(values))
+        lookup = {name: i for i, name in enumerate(names)}
+        return names, np.array([lookup[v] for v in values], dtype=np.int64)
+    raise DataError(
+        f"hub dataset {hub_id} column '{column}' is {feature}, not a ClassLabel or string column; "
+        "cast it with Dataset.cast_column or point the column setting at another column"
+    )
+
+
+def _to_rgb(value: Any, image_size: int) -> np.ndarray:
+    from PIL import Image
+
+    image = value if isinstance(value, Image.Image) else Image.fromarray(np.asarray(value).astype(np.uint8))
+    return np.asarray(image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def dataset_to_domains(
+    dataset: Any,
+    image_column: str,
+    label_column: str,
+    domain_column: str,
+    image_size: int,
+    domains: list[str] | None = None,
+    default_domains: list[str] | None = None,
+    hub_id: str = "dataset",
+) -> tuple[dict[str, DomainArrays], list[str]]:
+    """Per-domain uint8 arrays and class names from a ``datasets.Dataset`` (no domain column: one domain 'hub')."""
+    wanted = [c for c in (image_column, label_column, domain_column) if c]
+    missing = [c for c in wanted if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"hub dataset {hub_id} has no column(s) {', '.join(missing)}; its columns are "
+            f"{', '.join(dataset.column_names)} (set data.hub-image-column / hub-label-column / hub-domain-column)"
+        )
+    if len(dataset) == 0:
+        raise DataError(f"hub dataset {hub_id} is empty; check the id")
+    class_names, labels = _names(dataset, label_column, hub_id)
+    if domain_column:
+        domain_names, domain_of = _names(dataset, domain_column, hub_id)
+    else:
+        domain_names, domain_of = [SINGLE_DOMAIN], np.zeros(len(dataset), dtype=np.int64)
+    present = [name for i, name in enumerate(domain_names) if np.any(domain_of == i)]
+    selected = select_domains(present, domains or present, default_domains or [], f"hub dataset {hub_id}")
+    result = {}
+    for name in selected:
+        rows = np.flatnonzero(domain_of == domain_names.index(name))
+        subset = dataset.select(rows.tolist()).select_columns([image_column])
+        images = np.stack([_to_rgb(row[image_column], image_size) for row in subset])
+        result[name] = DomainArrays(images, labels[rows])
+    return result, class_names
+
+
+def load_domains(
+    hub_id: str,
+    image_column: str,
+    label_column: str,
+    domain_column: str,
+    image_size: int,
+    domains: list[str],
+    default_domains: list[str],
+    cache_dir: Path,
+) -> tuple[dict[str, DomainArrays], list[str]]:
+    """The selected domains of hub dataset ``hub_id`` (decoded arrays cached by the dataset fingerprint)."""
+    dataset = fetch_dataset(hub_id)
+    fingerprint = getattr(dataset, "_fingerprint", "")
+    key = cache_key(VERSION, hub_id, fingerprint, image_column, label_column, domain_column, image_size, *domains)
+    path = cache_dir / "data" / f"hub-{key}.npz"
+
+    def build() -> dict[str, np.ndarray]:
+        arrays, class_names = dataset_to_domains(
+            dataset, image_column, label_column, domain_column, image_size, domains, default_domains, hub_id
+        )
+        names = list(arrays)
+        return {
+            "images": np.concatenate([arrays[n].images for n in names]),
+            "labels": np.concatenate([arrays[n].labels for n in names]),
+            "domain": np.concatenate([np.full(len(arrays[n]), i, dtype=np.int64) for i, n in enumerate(names)]),
+            "domain_names": np.array(names, dtype=str),
+            "class_names": np.array(class_names, dtype=str),
+        }
+
+    cached = cached_arrays(path, build) if fingerprint else build()
+    result = {
+        str(name): DomainArrays(cached["images"][cached["domain"] == i], cached["labels"][cached["domain"] == i])
+        for i, name in enumerate(cached["domain_names"])
+    }
+    return result, [str(n) for n in cached["class_names"]]

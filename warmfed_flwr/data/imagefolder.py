@@ -1,0 +1,175 @@
+"""Local ImageFolder datasets: multi-domain ``root/domain/class/image`` trees and single-domain ``root/class/image``.
+
+This is the layout of DomainNet, PACS and Office-Caltech10 once unpacked. Images are converted to RGB,
+resized to a square and cached per domain as a compressed uint8 npz keyed by the folder listing
+(paths, sizes, modification times), so an edited tree is decoded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from warmfed_flwr.data.partition import DomainArrays, cache_key, cached_arrays, select_domains
+from warmfed_flwr.errors import DataError
+
+log = logging.getLogger(__name__)
+
+VERSION = "v1"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def prompt_name(folder_name: str) -> str:
+    """The class name used in text prompts: the folder name with underscores as spaces."""
+    return folder_name.replace("_", " ").strip()
+
+
+def scan_classes(folder: Path) -> dict[str, list[Path]]:
+    """Class folder name -> sorted image files of a ``folder/class/image`` tree."""
+    classes = _subdirs(folder)
+    if not classes:
+        raise DataError(
+            f"folder {folder} has no class folders; lay it out as {folder}/<class>/<image> "
+            f"(a multi-domain data.path needs <root>/<domain>/<class>/<image>)"
+        )
+    tree = {}
+    for class_dir in classes:
+        files = _image_files(class_dir)
+        if not files:
+            raise DataError(
+                f"class folder {class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove it"
+            )
+        tree[class_dir.name] = files
+    return tree
+
+
+def _decode(path: Path, image_size: int) -> np.ndarray | str:
+    """The image as uint8 [S,S,3], or the reason it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can raise almost anything inside PIL
+        return f"{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
+def _decode_tree(
+    folder: Path, tree: dict[str, list[Path]], class_names: list[str], image_size: int, on_corrupt: str
+) -> dict[str, np.ndarray]:
+    files = [(path, class_names.index(name)) for name in class_names for path in tree[name]]
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(pool.map(lambda item: _decode(item[0], image_size), files))
+    bad = [(path, result) for (path, _), result in zip(files, decoded, strict=True) if isinstance(result, str)]
+    if bad and on_corrupt != "skip":
+        path, reason = bad[0]
+        raise DataError(
+            f"image file {path} cannot be read ({reason}); replace or delete it, or set data.on-corrupt=skip"
+        )
+    good = [(result, label) for (_, label), result in zip(files, decoded, strict=True) if not isinstance(result, str)]
+    if not good:
+        raise DataError(f"folder {folder} holds no readable images; replace the corrupt files")
+    return {
+        "images": np.stack([image for image, _ in good]),
+        "labels": np.array([label for _, label in good], dtype=np.int64),
+        "skipped": np.array([str(path) for path, _ in bad], dtype=str),
+    }
+
+
+def _listing_key(folder: Path, tree: dict[str, list[Path]], image_size: int, on_corrupt: str) -> str:
+    entries = []
+    for name in sorted(tree):
+        for path in tree[name]:
+            stat = path.stat()
+            entries.append(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return cache_key(VERSION, folder.resolve(), image_size, on_corrupt, *entries)
+
+
+def _load_tree(
+    folder: Path, tree: dict[str, list[Path]], class_names: list[str], image_size: int, cache_dir: Path,
+    on_corrupt: str,
+) -> DomainArrays:
+    """The images of a scanned ``folder/class/image`` tree labelled by their index in ``class_names`` (cached)."""
+    key = _listing_key(folder, tree, image_size, on_corrupt)
+    label = re.sub(r"[^A-Za-z0-9_-]+", "_", folder.name)[:40]
+    path = cache_dir / "data" / f"imagefolder-{label}-{key}.npz"
+    arrays = cached_arrays(path, lambda: _decode_tree(folder, tree, class_names, image_size, on_corrupt))
+    skipped = arrays["skipped"]
+    if len(skipped):
+        log.warning("skipped %d unreadable image(s) under %s (data.on-corrupt=skip; first: %s)", len(skipped), folder,
+                    skipped[0])
+    return DomainArrays(arrays["images"], arrays["labels"].astype(np.int64))
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir():
+        raise DataError(
+            f"data.path {root} does not exist or is not a folder; point it at a <root>/<domain>/<class>/<image> tree"
+        )
+
+
+def load_domains(
+    root: str | Path,
+    domains: list[str],
+    default_domains: list[str],
+    image_size: int,
+    cache_dir: Path,
+    on_corrupt: str = "error",
+) -> tuple[dict[str, DomainArrays], list[str]]:
+    """The selected domains of a ``root/domain/class/image`` tree and the prompt class names."""
+    root = Path(root).expanduser().absolute()
+    _check_root(root)
+    available = [p.name for p in _subdirs(root)]
+    if not available:
+        raise DataError(f"data.path {root} has no domain folders; lay it out as {root}/<domain>/<class>/<image>")
+    selected = select_domains(available, domains, default_domains, f"data.path {root}")
+    trees = {name: scan_classes(root / name) for name in selected}
+    reference = selected[0]
+    folder_names = sorted(trees[reference])
+    for name in selected[1:]:
+        missing = sorted(set(folder_names) - set(trees[name]))
+        extra = sorted(set(trees[name]) - set(folder_names))
+        if missing or extra:
+            raise DataError(
+                f"domain folder {root / name} disagrees with {root / reference} on classes "
+                f"(missing: {', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'}); "
+                "give every domain the same class folders"
+            )
+    arrays = {
+        name: _load_tree(root / name, trees[name], folder_names, image_size, cache_dir, on_corrupt) for name in selected
+    }
+    return arrays, [prompt_name(n) for n in folder_names]
+
+
+def load_single_domain(
+    root: str | Path, image_size: int, cache_dir: Path, on_corrupt: str = "error"
+) -> tuple[DomainArrays, list[str]]:
+    """A single-domain ``root/class/image`` tree and its prompt class names."""
+    root = Path(root).expanduser().absolute()
+    if not root.is_dir():
+        raise DataError(
+            f"image folder {root} does not exist or is not a folder; point it at a <root>/<class>/<image> tree"
+        )
+    tree = scan_classes(root)
+    folder_names = sorted(tree)
+    arrays = _load_tree(root, tree, folder_names, image_size, cache_dir, on_corrupt)
+    return arrays, [prompt_name(n) for n in folder_names]

@@ -16,4 +16,4 @@ def load_arrays(context: Context, key: str) -> dict[str, np.ndarray] | None:
 
 def save_arrays(context: Context, key: str, arrays: dict[str, np.ndarray]) -> None:
     """Store ``arrays`` under ``key``, replacing what was there."""
-    context.state[key] = ArrayRecord(array_dict={name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+    context.state[key] = ArrayRecord(array_dict={name: Array(np.asarray(a, order="C")) for name, a in arrays.items()})

@@ -38,7 +38,8 @@ class Processes:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        self.env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                    "COLUMNS": "400"}
         self.procs: list[subprocess.Popen] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen:

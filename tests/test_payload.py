@@ -82,3 +82,10 @@ def test_weights_keep_their_order_through_names():
     weights = [np.full(i + 1, i, np.float32) for i in range(12)]
     back = payload.named_to_weights(payload.split_prefix(payload.with_prefix(payload.weights_to_named(weights), "m."), "m."))
     assert [w.tolist() for w in back] == [w.tolist() for w in weights]
+
+
+def test_zero_dimensional_arrays_keep_their_shape():
+    named = {"num_batches_tracked": np.array(7, dtype=np.int64)}
+    decoded = payload.decode(payload.encode(named))
+    assert decoded["num_batches_tracked"].shape == ()
+    assert int(decoded["num_batches_tracked"]) == 7

@@ -23,7 +23,7 @@ def encode(named: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Pack named arrays into a manifest-led list of arrays."""
     entries, arrays = [], []
     for name, value in named.items():
-        array = np.ascontiguousarray(value)
+        array = np.asarray(value, order="C")
         if array.dtype.name not in ALLOWED_DTYPES:
             raise PayloadError(f"entry '{name}' has dtype {array.dtype.name}; cast to one of {sorted(ALLOWED_DTYPES)}")
         entries.append({"name": name, "shape": list(array.shape), "dtype": array.dtype.name})

@@ -41,7 +41,7 @@ def client_upload(
     cache_dir: Path, domain_phrase: str = "",
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Round 0 on a client: LoRA fine-tune (when enabled) and class prompt embeddings, as named arrays."""
-    pipe = load_pipeline(resolve_base(cfg.generator, cache_dir), device, cfg.generator.dtype)
+    pipe = load_pipeline(resolve_base(cfg.generator, cache_dir, cfg.data.image_size), device, cfg.generator.dtype)
     prompts = class_prompts(cfg.generator.prompt_template, class_names, domain_phrase)
     named = {protocol.EMBEDDINGS: prompt_embeddings(pipe, prompts).float().numpy()}
     timings: dict[str, float] = {}
@@ -88,7 +88,7 @@ class WarmStartServer:
         self.device = device
         self.cache_dir = cache_dir
         self.output_dir = output_dir
-        self.pipe = load_pipeline(resolve_base(cfg.generator, cache_dir), device, cfg.generator.dtype)
+        self.pipe = load_pipeline(resolve_base(cfg.generator, cache_dir, cfg.data.image_size), device, cfg.generator.dtype)
         self.model = build_model(cfg.model, len(class_names))
         self.synthetic: SyntheticSet | None = None
         self.subset: TensorDataset | None = None

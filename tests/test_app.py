@@ -54,3 +54,26 @@ def test_unknown_override_key_is_refused_before_the_run(simulation, tmp_path, sh
     assert done.returncode != 0
     assert "Invalid run configuration" in done.stdout + done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_tiny_warmfed_with_dsd_through_flwr_run(simulation, tmp_path, shared_cache, tiny_pipeline_dir):
+    config = tiny(tmp_path, shared_cache, **{
+        "generator.base": str(tiny_pipeline_dir), "lora.steps": 2, "lora.batch-size": 8,
+        "synthesis.images-per-class": 4, "synthesis.steps": 2, "warmfed.warm-epochs": 1, "train.rounds": 2,
+        "personalization.method": "dsd", "personalization.selector-steps": 10,
+    })
+    done = flwr_run(simulation, config, 4, 600)
+    run = tmp_path / "run"
+    assert (run / "metrics.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = read_metrics(run)
+    rounds = {r["round"]: r for r in metrics["rounds"]}
+    assert sorted(rounds) == [0, 1, 2]
+    zero = rounds[0]
+    assert zero["clients_accepted"] == 4 and zero["synthetic_images"] == 4 * 10 * 4
+    assert zero["bytes_up_per_client"] > 0 and zero["classifier_bytes"] > 0
+    assert all(0.0 <= rounds[r]["global_acc_pooled"] <= 1.0 for r in rounds)
+    assert rounds[1]["bytes_down_per_client"] > rounds[2]["bytes_down_per_client"], "subset is sent once"
+    assert 0.0 <= rounds[2]["personal_acc_mean"] <= 1.0 and "personal_acc_fonts" in rounds[2]
+    assert rounds[2]["dsd_share_t1"] == 1.0, "with one pooled round the only teacher is round t-1"
+    assert {f"synthetic_{d}.png" for d in DOMAINS} <= {p.name for p in run.iterdir()}
+    assert {"client_lora", "synthesis", "warm_start_training", "server_finetune"} <= set(metrics["time_seconds"])

@@ -61,16 +61,16 @@ def decode(arrays: Sequence[np.ndarray], sender: str = "peer") -> dict[str, np.n
 
 
 def validate(named: Mapping[str, np.ndarray], schema: Schema, sender: str, max_bytes: int) -> None:
-    """Refuse an upload whose keys, shapes, dtypes, values or size differ from ``schema``."""
+    """Refuse an upload whose size, keys, shapes, dtypes or values differ from ``schema``."""
+    size = sum(a.nbytes for a in named.values())
+    if size > max_bytes:
+        raise PayloadError(f"upload from {sender} is {size} bytes, over the limit of {max_bytes}")
     missing = sorted(set(schema) - set(named))
     if missing:
         raise PayloadError(f"upload from {sender} lacks {len(missing)} expected entries, e.g. '{missing[0]}'")
     extra = sorted(set(named) - set(schema))
     if extra:
         raise PayloadError(f"upload from {sender} has {len(extra)} unexpected entries, e.g. '{extra[0]}'")
-    size = sum(a.nbytes for a in named.values())
-    if size > max_bytes:
-        raise PayloadError(f"upload from {sender} is {size} bytes, over the limit of {max_bytes}")
     for name, (shape, dtype) in schema.items():
         array = named[name]
         if tuple(array.shape) != tuple(shape):

@@ -82,7 +82,10 @@ class RecordingFedAvg(FedAvg):
             reason = failure if isinstance(failure, BaseException) else failure[1].status.message
             self.recorder.event("client_failed", round=algo_round, reason=str(reason)[:300])
         losses = [float(res.metrics["train_loss"]) for _, res in results if "train_loss" in res.metrics]
+        shares = {key: statistics.fmean(values) for key in ("dsd_share_t1", "dsd_share_t2")
+                  if (values := [float(res.metrics[key]) for _, res in results if key in res.metrics])}
         self.recorder.record_round(algo_round, {
+            **shares,
             "clients_ok": len(results),
             "clients_failed": len(failures),
             "bytes_up": sum(up),
@@ -138,10 +141,6 @@ def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]]) -> dict[st
         record["personal_acc_mean"] = statistics.fmean(values)
         record["personal_acc_std"] = statistics.pstdev(values)
         record.update({f"personal_acc_{name}": acc for name, acc in personal.items()})
-    for key in ("dsd_share_t1", "dsd_share_t2"):
-        shares = [float(res.metrics[key]) for _, res in results if key in res.metrics]
-        if shares:
-            record[key] = statistics.fmean(shares)
     return record
 
 

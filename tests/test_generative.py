@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr import data as data_module
 from warmfed_flwr.config import GeneratorConfig, LoraConfig
 from warmfed_flwr.errors import GeneratorError, PayloadError
 from warmfed_flwr.generative import foundation, lora, pipeline
@@ -320,7 +319,7 @@ def test_ensure_foundation_builds_once(monkeypatch: pytest.MonkeyPatch, tmp_path
         loads.append(source)
         return shapes_dataset(per_class=8, size=image_size), list(NAMES)
 
-    monkeypatch.setattr(data_module, "load_public_pool", fake_pool)
+    monkeypatch.setattr(foundation, "load_public_pool", fake_pool)
     spec = _tiny_spec()
     results: list[Path] = []
     workers = [threading.Thread(target=lambda: results.append(ensure_foundation(spec, tmp_path, TEMPLATE)))

@@ -81,7 +81,9 @@ def start_superlink(procs: Processes, simulation: bool, extra: tuple[str, ...] =
     return port, fleet
 
 
-def flwr_run(procs: Processes, run_config: dict, num_supernodes: int | None, timeout: float) -> subprocess.CompletedProcess:
+def flwr_run(
+    procs: Processes, run_config: dict, num_supernodes: int | None, timeout: float
+) -> subprocess.CompletedProcess:
     """`flwr run . test --stream` with ``run_config`` overrides; returns the finished command."""
     overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
     args = [str(BIN / "flwr"), "run", ".", "test", "--stream", "--run-config", overrides]

@@ -80,7 +80,8 @@ def test_oversize_upload_is_refused():
 
 def test_weights_keep_their_order_through_names():
     weights = [np.full(i + 1, i, np.float32) for i in range(12)]
-    back = payload.named_to_weights(payload.split_prefix(payload.with_prefix(payload.weights_to_named(weights), "m."), "m."))
+    named = payload.with_prefix(payload.weights_to_named(weights), "m.")
+    back = payload.named_to_weights(payload.split_prefix(named, "m."))
     assert [w.tolist() for w in back] == [w.tolist() for w in weights]
 
 

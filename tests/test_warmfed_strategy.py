@@ -79,7 +79,8 @@ def _corrupt(named, case):
 
 
 CASES = {"missing-key": "lacks", "extra-key": "unexpected", "wrong-shape": "shape", "nan": "NaN",
-         "embeddings-shape": "shape", "wrong-dtype": "dtype", "no-manifest": "no manifest", "oversize": "over the limit"}
+         "embeddings-shape": "shape", "wrong-dtype": "dtype", "no-manifest": "no manifest",
+         "oversize": "over the limit"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -89,7 +89,7 @@ class LoraConfig:
     rank: int = 8
     alpha: float = 8.0
     targets: str = "to_q,to_k,to_v,to_out.0,conv1,conv2"
-    steps: int = 300
+    steps: int = 150
     lr: float = 1e-3
     batch_size: int = 32
 

@@ -47,7 +47,7 @@ def decode(arrays: Sequence[np.ndarray], sender: str = "peer") -> dict[str, np.n
     if len(entries) != len(body):
         raise PayloadError(f"upload from {sender} lists {len(entries)} entries but carries {len(body)} arrays")
     named: dict[str, np.ndarray] = {}
-    for entry, array in zip(entries, body):
+    for entry, array in zip(entries, body, strict=True):
         name = entry.get("name")
         if not isinstance(name, str) or name in named:
             raise PayloadError(f"upload from {sender} has a missing or repeated entry name {name!r}")
@@ -74,7 +74,9 @@ def validate(named: Mapping[str, np.ndarray], schema: Schema, sender: str, max_b
     for name, (shape, dtype) in schema.items():
         array = named[name]
         if tuple(array.shape) != tuple(shape):
-            raise PayloadError(f"upload from {sender}: '{name}' has shape {tuple(array.shape)}, expected {tuple(shape)}")
+            raise PayloadError(
+                f"upload from {sender}: '{name}' has shape {tuple(array.shape)}, expected {tuple(shape)}"
+            )
         if array.dtype.name != dtype:
             raise PayloadError(f"upload from {sender}: '{name}' has dtype {array.dtype.name}, expected {dtype}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():

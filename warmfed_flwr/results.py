@@ -97,7 +97,8 @@ def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_second
     evaluated = [r for r in rounds if "global_acc_pooled" in r]
     if evaluated:
         last, best = evaluated[-1], max(evaluated, key=lambda r: r["global_acc_pooled"])
-        domains = sorted(k.removeprefix("global_acc_") for k in last if k.startswith("global_acc_") and k != "global_acc_pooled")
+        domains = sorted(k.removeprefix("global_acc_") for k in last
+                         if k.startswith("global_acc_") and k != "global_acc_pooled")
         lines += ["## Global model accuracy (%)", "", "| round | pooled | " + " | ".join(domains) + " |",
                   "|---" * (len(domains) + 2) + "|"]
         for row in evaluated:
@@ -136,7 +137,7 @@ def plot_accuracy(rounds: list[dict[str, Any]], path: Path) -> None:
         points = _series(rounds, key)
         if points:
             style = "-o" if key in ("global_acc_pooled", "personal_acc_mean") else "--"
-            ax.plot(*zip(*points), style, label=key, markersize=3)
+            ax.plot(*zip(*points, strict=True), style, label=key, markersize=3)
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy / share")
     ax.set_ylim(0, 1)

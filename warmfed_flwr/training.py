@@ -43,7 +43,7 @@ def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
     if len(weights) != len(state):
         raise ValueError(f"expected {len(state)} arrays for the model, got {len(weights)}")
     new_state = {}
-    for (key, current), array in zip(state.items(), weights):
+    for (key, current), array in zip(state.items(), weights, strict=True):
         if tuple(array.shape) != tuple(current.shape):
             raise ValueError(f"array for '{key}' has shape {tuple(array.shape)}, expected {tuple(current.shape)}")
         new_state[key] = torch.as_tensor(array).to(current.dtype)
@@ -137,6 +137,7 @@ def proximal_term(global_params: Sequence[torch.Tensor], mu: float) -> Regulariz
     anchors = [p.detach().clone() for p in global_params]
 
     def penalty(model: nn.Module) -> torch.Tensor:
-        return 0.5 * mu * sum(((p - a.to(p.device)) ** 2).sum() for p, a in zip(model.parameters(), anchors))
+        pairs = zip(model.parameters(), anchors, strict=True)
+        return 0.5 * mu * sum(((p - a.to(p.device)) ** 2).sum() for p, a in pairs)
 
     return penalty

@@ -88,7 +88,8 @@ class WarmStartServer:
         self.device = device
         self.cache_dir = cache_dir
         self.output_dir = output_dir
-        self.pipe = load_pipeline(resolve_base(cfg.generator, cache_dir, cfg.data.image_size), device, cfg.generator.dtype)
+        base = resolve_base(cfg.generator, cache_dir, cfg.data.image_size)
+        self.pipe = load_pipeline(base, device, cfg.generator.dtype)
         self.model = build_model(cfg.model, len(class_names))
         self.synthetic: SyntheticSet | None = None
         self.subset: TensorDataset | None = None

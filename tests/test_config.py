@@ -1,9 +1,9 @@
 """Config: YAML + run-config overrides, validated with errors that name the key."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from warmfed_flwr.config import CONF_DIR, ExperimentConfig, load_yaml, resolve, schema

@@ -13,7 +13,6 @@ from warmfed_flwr.runtime import cache_dir, one_line_errors
 from warmfed_flwr.training import resolve_device, seed_everything
 
 
-
 def client_class(algorithm: str) -> type[FederatedClient]:
     """The NumPyClient of ``algorithm``; the generative stack is imported only by the algorithms that use it."""
     if algorithm in ("warmfed", "fgl"):

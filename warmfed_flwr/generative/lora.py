@@ -1,0 +1,250 @@
+"""Client LoRA on the generator's UNet: fine-tune, export in diffusers format, validate, apply and remove.
+
+Adapters travel as tensor dicts in the PEFT key format that diffusers saves and loads for every model
+(``unet.<module>.lora_A.weight`` / ``.lora_B.weight``, what ``StableDiffusionPipeline.save_lora_weights`` writes
+for ``get_peft_model_state_dict(unet)``). ``convert_state_dict_to_diffusers`` is deliberately not applied: it
+renames only attention keys (``lora.down``/``lora.up``), and diffusers 0.42 then skips its PEFT conversion for a
+dict whose first key is a conv ``lora_A`` key, silently dropping every attention adapter on load.
+The LoRA scale alpha/rank is folded into the ``lora_B`` tensors on export, so an adapter carries no alpha
+metadata and loads with the same effect in any diffusers pipeline (which assumes alpha = rank when none is given).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from peft import LoraConfig as PeftLoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.errors import GeneratorError, PayloadError
+from warmfed_flwr.generative.foundation import dataset_tensors, encode_latent_stats, resize_to
+from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "unet."
+TRAIN_ADAPTER = "warmfed_train"
+PROBE_ADAPTER = "warmfed_schema_probe"
+UNCOND_PROB = 0.1
+"""Share of training samples conditioned on the empty prompt, so guided sampling stays consistent after LoRA."""
+
+Schema = dict[str, tuple[tuple[int, ...], str]]
+
+
+def add_lora(unet: UNet2DConditionModel, cfg: LoraConfig, adapter_name: str = "default") -> None:
+    """Inject a peft LoRA adapter (rank, alpha, targets of ``cfg``; B initialised to zero) into ``unet``."""
+    targets = cfg.target_list()
+    if not targets:
+        raise GeneratorError("config key 'lora.targets' is empty; list UNet module names such as to_q,to_k,to_v")
+    config = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets)
+    try:
+        unet.add_adapter(config, adapter_name=adapter_name)
+    except ValueError as exc:
+        raise GeneratorError(
+            f"config key 'lora.targets' = '{cfg.targets}' cannot be applied to the UNet ({exc}); "
+            "use module names such as to_q,to_k,to_v,to_out.0,conv1,conv2"
+        ) from exc
+
+
+def _remove_unet_adapter(unet: UNet2DConditionModel, adapter_name: str) -> None:
+    """Delete one adapter; when none is left, strip the peft wrappers so the UNet is its plain self again."""
+    unet.delete_adapters(adapter_name)
+    if not getattr(unet, "peft_config", None):
+        unet.unload_lora()
+
+
+def _adapter_state(unet: UNet2DConditionModel, adapter_name: str, cfg: LoraConfig) -> dict[str, torch.Tensor]:
+    """The adapter as fp32 CPU tensors keyed 'unet.<module>.lora_A/B.weight', with alpha/rank folded into B."""
+    scale = cfg.alpha / cfg.rank
+    state = {}
+    for key, value in get_peft_model_state_dict(unet, adapter_name=adapter_name).items():
+        tensor = value.detach().float().cpu().clone()
+        if ".lora_B." in key:
+            tensor.mul_(scale)
+        state[PREFIX + key] = tensor.contiguous()
+    return state
+
+
+def finetune_lora(
+    pipe: StableDiffusionPipeline,
+    dataset: Dataset,
+    class_names: list[str],
+    template: str,
+    cfg: LoraConfig,
+    seed: int,
+    domain_phrase: str = "",
+) -> dict[str, torch.Tensor]:
+    """Fine-tune a fresh LoRA on the UNet with the noise-prediction loss on ``dataset``; returns the adapter.
+
+    Prompts are ``class_prompts(template, class_names, domain_phrase)`` by label, with 10% empty prompts. The
+    text encoder, the VAE and every base weight stay frozen, and the adapter is removed from the pipeline
+    afterwards, which leaves the pipeline exactly as it was.
+    """
+    unet, device = pipe.unet, pipe.device
+    images, labels = dataset_tensors(dataset)
+    if int(labels.max()) >= len(class_names) or int(labels.min()) < 0:
+        raise GeneratorError(
+            f"LoRA labels span {int(labels.min())}..{int(labels.max())} but {len(class_names)} class names were "
+            "given; give one name per label"
+        )
+    started = time.perf_counter()
+    images = resize_to(images, unet.config.sample_size * pipe.vae_scale_factor)
+    mean, std = encode_latent_stats(pipe.vae, images)
+    scaling = pipe.vae.config.scaling_factor
+    embeddings = prompt_embeddings(pipe, class_prompts(template, class_names, domain_phrase) + [""])
+    embeddings = embeddings.to(device, unet.dtype)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    timesteps_total = noise_scheduler.config.num_train_timesteps
+    velocity = noise_scheduler.config.prediction_type == "v_prediction"
+    generator = torch.Generator().manual_seed(seed)
+    grad_flags = {name: p.requires_grad for name, p in unet.named_parameters()}
+    was_training = unet.training
+    unet.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        add_lora(unet, cfg, TRAIN_ADAPTER)
+    losses: list[float] = []
+    try:
+        params = [p for p in unet.parameters() if p.requires_grad]
+        for param in params:
+            param.data = param.data.float()
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+        half = unet.dtype != torch.float32
+        unet.train()
+        bar = tqdm(range(cfg.steps), desc="client LoRA", unit="step")
+        for _ in bar:
+            index = torch.randint(len(images), (cfg.batch_size,), generator=generator)
+            eps = torch.randn((len(index), *mean.shape[1:]), generator=generator).to(device)
+            on_device = index.to(device)
+            latents = (mean[on_device] + std[on_device] * eps) * scaling
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            timesteps = torch.randint(timesteps_total, (len(index),), generator=generator).to(device)
+            prompt_index = labels[index].clone()
+            prompt_index[torch.rand(len(index), generator=generator) < UNCOND_PROB] = len(class_names)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            target = noise_scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
+            with torch.autocast(device.type, dtype=unet.dtype, enabled=half):
+                prediction = unet(
+                    noisy.to(unet.dtype), timesteps, encoder_hidden_states=embeddings[prompt_index.to(device)]
+                ).sample
+            loss = F.mse_loss(prediction.float(), target.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        state = _adapter_state(unet, TRAIN_ADAPTER, cfg)
+    finally:
+        _remove_unet_adapter(unet, TRAIN_ADAPTER)
+        for name, param in unet.named_parameters():
+            param.requires_grad_(grad_flags.get(name, False))
+        unet.train(was_training)
+    window = max(1, min(50, len(losses) // 5))
+    logger.info(
+        "LoRA r=%d on %d images: %d steps in %.1f s, loss %.4f -> %.4f, %d tensors, %.1f KiB",
+        cfg.rank, len(images), cfg.steps, time.perf_counter() - started,
+        sum(losses[:window]) / window, sum(losses[-window:]) / window, len(state), adapter_bytes(state) / 1024,
+    )
+    return state
+
+
+def adapter_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    """Payload size of an adapter: the sum of its tensors' bytes."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def export_adapter(state: Mapping[str, torch.Tensor], directory: Path) -> Path:
+    """Write the adapter with ``save_lora_weights`` so ``pipe.load_lora_weights(directory)`` loads it anywhere."""
+    unet_layers = {key[len(PREFIX):]: value for key, value in state.items() if key.startswith(PREFIX)}
+    if len(unet_layers) != len(state):
+        stray = next(key for key in state if not key.startswith(PREFIX))
+        raise GeneratorError(f"adapter key '{stray}' lacks the '{PREFIX}' prefix; export adapters from finetune_lora")
+    StableDiffusionPipeline.save_lora_weights(Path(directory), unet_lora_layers=unet_layers, safe_serialization=True)
+    return Path(directory) / "pytorch_lora_weights.safetensors"
+
+
+def adapter_schema(pipe: StableDiffusionPipeline, cfg: LoraConfig) -> Schema:
+    """Expected adapter keys -> (shape, dtype name) for ``cfg``'s rank and targets on this pipeline's UNet."""
+    with torch.random.fork_rng(devices=[]):
+        add_lora(pipe.unet, cfg, PROBE_ADAPTER)
+    try:
+        state = _adapter_state(pipe.unet, PROBE_ADAPTER, cfg)
+    finally:
+        _remove_unet_adapter(pipe.unet, PROBE_ADAPTER)
+    return {key: (tuple(value.shape), str(value.dtype).removeprefix("torch.")) for key, value in state.items()}
+
+
+def validate_adapter(state: Mapping[str, torch.Tensor], schema: Schema, max_bytes: int, client: str) -> None:
+    """Raise PayloadError naming ``client`` and its first problem: missing/extra key, shape, dtype, NaN/Inf, size."""
+    where = f"LoRA adapter from client '{client}'"
+    fix = "the client must run the server's lora rank and targets"
+    missing = [key for key in schema if key not in state]
+    if missing:
+        raise PayloadError(f"{where} lacks key '{missing[0]}' ({len(missing)} of {len(schema)} missing); {fix}")
+    unexpected = [key for key in state if key not in schema]
+    if unexpected:
+        raise PayloadError(f"{where} has unexpected key '{unexpected[0]}' ({len(unexpected)} extra); {fix}")
+    for key, (shape, dtype) in schema.items():
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise PayloadError(f"{where}: key '{key}' holds {type(tensor).__name__}, not a tensor; send torch tensors")
+        if tuple(tensor.shape) != tuple(shape):
+            raise PayloadError(f"{where}: key '{key}' has shape {tuple(tensor.shape)}, expected {tuple(shape)}; {fix}")
+        if str(tensor.dtype).removeprefix("torch.") != dtype:
+            raise PayloadError(
+                f"{where}: key '{key}' has dtype {str(tensor.dtype).removeprefix('torch.')}, expected {dtype}; "
+                f"send {dtype} tensors"
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            raise PayloadError(
+                f"{where}: key '{key}' contains NaN or Inf; the client's LoRA training diverged, lower lora.lr"
+            )
+    size = adapter_bytes(state)
+    if size > max_bytes:
+        raise PayloadError(
+            f"{where} is {size / 2**20:.2f} MiB, over the {max_bytes / 2**20:.2f} MiB limit; "
+            "raise synthesis.max-upload-mb or lower lora.rank"
+        )
+
+
+@contextmanager
+def use_adapter(pipe: StableDiffusionPipeline, state: Mapping[str, torch.Tensor], name: str) -> Iterator[None]:
+    """Load ``state`` into the resident pipeline as adapter ``name`` for the block, then delete it again.
+
+    Deleting the adapter (and the peft wrappers once no adapter is left) restores the base weights' exact
+    outputs without reloading the pipeline.
+    """
+    try:
+        pipe.load_lora_weights(dict(state), adapter_name=name)
+        loaded = {PREFIX + key for key in get_peft_model_state_dict(pipe.unet, adapter_name=name)}
+        dropped = sorted(set(state) - loaded)
+        if dropped:
+            raise ValueError(f"{len(dropped)} of {len(state)} tensors were not loaded, e.g. '{dropped[0]}'")
+    except (ValueError, KeyError, RuntimeError) as exc:
+        if any(name in names for names in pipe.get_list_adapters().values()):
+            _remove_pipeline_adapter(pipe, name)
+        text = str(exc).strip()
+        raise GeneratorError(
+            f"cannot apply LoRA adapter '{name}': {text.splitlines()[0] if text else repr(exc)}; "
+            "validate it with validate_adapter against this pipeline's adapter_schema"
+        ) from exc
+    try:
+        yield
+    finally:
+        _remove_pipeline_adapter(pipe, name)
+
+
+def _remove_pipeline_adapter(pipe: StableDiffusionPipeline, name: str) -> None:
+    pipe.delete_adapters(name)
+    if not any(pipe.get_list_adapters().values()):
+        pipe.unload_lora_weights()

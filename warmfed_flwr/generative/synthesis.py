@@ -1,0 +1,173 @@
+"""Labelled synthetic images from class embeddings: batched, seeded, cached on disk without pickle."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from torch.nn import functional as F
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from warmfed_flwr.errors import GeneratorError
+from warmfed_flwr.generative.prompts import prompt_embeddings
+
+logger = logging.getLogger(__name__)
+
+_KEY = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
+_SEED_STRIDE = 1_000_003
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The torch.Generator seed of one synthesis batch."""
+    return (seed * _SEED_STRIDE + batch_index) % 2**63
+
+
+def synthesize(
+    pipe: StableDiffusionPipeline,
+    embeddings: torch.Tensor,
+    images_per_class: int,
+    steps: int,
+    guidance: float,
+    batch_size: int,
+    seed: int,
+    size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate ``images_per_class`` images for each row of ``embeddings`` [C, seq, dim].
+
+    Labels interleave the classes (0, 1, ..., C-1, 0, 1, ...) so every batch holds several classes.
+    The negative embedding for classifier-free guidance is the pipeline's own embedding of "".
+    Batch ``b`` draws its noise from ``torch.Generator().manual_seed(batch_seed(seed, b))`` on the CPU, so a
+    run repeats for the same seed and batch size. Returns float images [N, 3, H, W] in [0, 1] on the CPU
+    (resized to ``size`` when given) and int64 labels [N].
+    """
+    null = prompt_embeddings(pipe, [""])
+    if embeddings.ndim != 3 or tuple(embeddings.shape[1:]) != tuple(null.shape[1:]):
+        raise GeneratorError(
+            f"class embeddings have shape {tuple(embeddings.shape)} but this generator expects [C, "
+            f"{null.shape[1]}, {null.shape[2]}]; compute them with the same generator's text encoder"
+        )
+    if images_per_class <= 0 or batch_size <= 0 or steps <= 0:
+        raise GeneratorError(
+            f"synthesis needs positive images_per_class, batch_size and steps (got {images_per_class}, "
+            f"{batch_size}, {steps}); fix the synthesis config"
+        )
+    labels = torch.arange(embeddings.shape[0]).repeat(images_per_class)
+    device, dtype = pipe.device, pipe.unet.dtype
+    pipe.set_progress_bar_config(disable=True)
+    chunks = []
+    with tqdm(total=len(labels), desc="synthesis", unit="img") as bar:
+        for index, start in enumerate(range(0, len(labels), batch_size)):
+            batch = labels[start:start + batch_size]
+            generator = torch.Generator().manual_seed(batch_seed(seed, index))
+            out = pipe(
+                prompt_embeds=embeddings[batch].to(device, dtype),
+                negative_prompt_embeds=null.expand(len(batch), -1, -1).to(device, dtype),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generator,
+                output_type="pt",
+            ).images
+            out = out.float().clamp(0.0, 1.0).cpu()
+            if size is not None and tuple(out.shape[-2:]) != (size, size):
+                out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True).clamp(0.0, 1.0)
+            chunks.append(out)
+            bar.update(len(batch))
+    return torch.cat(chunks), labels
+
+
+def _feed(digest: Any, part: Any) -> None:
+    """Hash one value with a type tag, recursing into containers and dataclasses."""
+    if isinstance(part, torch.Tensor):
+        tensor = part.detach().cpu().contiguous()
+        digest.update(f"tensor{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(part, np.ndarray):
+        array = np.ascontiguousarray(part)
+        digest.update(f"ndarray{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    elif isinstance(part, dict):
+        digest.update(f"dict{len(part)}".encode())
+        for key in sorted(part, key=str):
+            _feed(digest, str(key))
+            _feed(digest, part[key])
+    elif isinstance(part, (list, tuple)):
+        digest.update(f"seq{len(part)}".encode())
+        for item in part:
+            _feed(digest, item)
+    elif dataclasses.is_dataclass(part) and not isinstance(part, type):
+        digest.update(type(part).__name__.encode())
+        _feed(digest, dataclasses.asdict(part))
+    else:
+        digest.update(f"{type(part).__name__}:{part!r};".encode())
+
+
+def synthesis_key(*parts: Any) -> str:
+    """sha256 over tensors' bytes (with shape and dtype), config values and dataclasses."""
+    digest = hashlib.sha256()
+    for part in parts:
+        _feed(digest, part)
+    return digest.hexdigest()
+
+
+def _dequantize(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(images).float().div(255.0), torch.from_numpy(labels).long()
+
+
+def cached_synthesis(
+    cache_dir: Path, key: str, make: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels stored at ``cache_dir/<key>.npz`` (uint8 images), made by ``make()`` when absent.
+
+    Both the first and later calls return the uint8-quantized images as float [0, 1], so they agree exactly.
+    """
+    if not _KEY.match(key):
+        raise GeneratorError(f"synthesis cache key {key!r} is not a file-safe name; build it with synthesis_key()")
+    path = Path(cache_dir) / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                images, labels = stored["images"], stored["labels"]
+            logger.info("synthetic set loaded from cache %s (%d images)", path, len(labels))
+            return _dequantize(images, labels)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("synthetic set cache %s is unreadable (%s); generating it again", path, exc)
+    images_t, labels_t = make()
+    images = (images_t.detach().cpu().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
+    labels = labels_t.detach().cpu().to(torch.int64).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, images=images, labels=labels)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("synthetic set cached at %s (%d images, %.1f MB)", path, len(labels), path.stat().st_size / 2**20)
+    return _dequantize(images, labels)
+
+
+def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 8) -> None:
+    """A PNG with one row per class (sorted label order) of up to ``per_class`` images; short rows are padded black."""
+    rows = []
+    for label in sorted(set(labels.tolist())):
+        chosen = images[labels == label][:per_class].float().cpu()
+        if len(chosen) < per_class:
+            padding = torch.zeros((per_class - len(chosen), *images.shape[1:]))
+            chosen = torch.cat([chosen, padding])
+        rows.append(chosen)
+    if not rows:
+        raise GeneratorError(f"no images to draw in {path}; synthesize at least one image per class first")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat(rows), str(path), nrow=per_class, padding=1)

@@ -127,9 +127,18 @@ def test_lora_switch_off_sends_prompts_only(tiny_pipeline_dir, tmp_path):
 
 def test_adapters_change_the_synthetic_images(uploads, tiny_pipeline_dir, tmp_path):
     server = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)[0].server
-    with_adapter = server.synthesize_client("a", uploads["a"])[0]
-    prompts_only = server.synthesize_client("a0", {protocol.EMBEDDINGS: uploads["a"][protocol.EMBEDDINGS]})[0]
+    with_adapter = server.synthesize_client("a", uploads["a"], seed=0)[0]
+    prompts_only = server.synthesize_client("a0", {protocol.EMBEDDINGS: uploads["a"][protocol.EMBEDDINGS]}, seed=0)[0]
     assert not torch.equal(with_adapter, prompts_only)
+
+
+def test_clients_with_identical_prompts_get_distinct_images(uploads, tiny_pipeline_dir, tmp_path):
+    cfg = config(tiny_pipeline_dir, tmp_path, **{"lora.enabled": False})
+    strat, _ = strategy(cfg, tmp_path)
+    prompts = {protocol.EMBEDDINGS: uploads["a"][protocol.EMBEDDINGS]}
+    synthetic = strat.server.build_synthetic([("a", prompts), ("b", prompts)])
+    half = len(synthetic.labels) // 2
+    assert not torch.equal(synthetic.images[:half], synthetic.images[half:])
 
 
 def _globalize_bundle(strat, client_manager_clients, parameters):

@@ -104,26 +104,32 @@ class WarmStartServer:
                 schema[protocol.ADAPTER_PREFIX + key] = (tuple(shape), "float32")
         return schema
 
-    def synthesize_client(self, client: str, named: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and labels generated from one client's embeddings (and adapter, when sent)."""
+    def synthesize_client(
+        self, client: str, named: dict[str, np.ndarray], seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels generated from one client's embeddings (and adapter, when sent) with ``seed``."""
         syn = self.cfg.synthesis
         embeddings = torch.from_numpy(named[protocol.EMBEDDINGS])
         adapter = {k: torch.from_numpy(v) for k, v in payload.split_prefix(named, protocol.ADAPTER_PREFIX).items()}
         key = synthesis_key(embeddings, *adapter.values(), self.cfg.generator.base, syn.images_per_class,
-                            syn.steps, syn.guidance, self.cfg.seed)
+                            syn.steps, syn.guidance, seed)
 
         def make() -> tuple[torch.Tensor, torch.Tensor]:
             with use_adapter(self.pipe, adapter, client) if adapter else nullcontext():
                 return synthesize(self.pipe, embeddings, syn.images_per_class, syn.steps, syn.guidance,
-                                  syn.batch_size, self.cfg.seed)
+                                  syn.batch_size, seed)
 
         images, labels = cached_synthesis(self.cache_dir / "synthetic", key, make)
         save_grid(images, labels, self.output_dir / f"synthetic_{client}.png")
         return images, labels
 
     def build_synthetic(self, uploads: list[tuple[str, dict[str, np.ndarray]]]) -> SyntheticSet:
-        """The union of every accepted client's synthetic images, and its class-balanced subset."""
-        parts = [(client, *self.synthesize_client(client, named)) for client, named in uploads]
+        """The union of every accepted client's synthetic images, and its class-balanced subset.
+
+        Each client's images get their own seed, so identical prompt embeddings (FGL) still give distinct images.
+        """
+        parts = [(client, *self.synthesize_client(client, named, self.cfg.seed * 1000 + index))
+                 for index, (client, named) in enumerate(uploads)]
         self.synthetic = SyntheticSet(
             images=torch.cat([p[1] for p in parts]),
             labels=torch.cat([p[2] for p in parts]),

@@ -64,12 +64,12 @@ class Processes:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start_superlink(procs: Processes, simulation: bool, extra: tuple[str, ...] = ("--insecure",)) -> tuple[int, int]:
-    """Start a SuperLink; return (control/runtime port, fleet port) and register it as federation 'test'."""
-    port, fleet = free_port(), free_port()
+def start_superlink(procs: Processes, simulation: bool, extra: tuple[str, ...] = ("--insecure",)) -> int:
+    """Start a SuperLink (Control, Runtime and Fleet APIs share one port since Flower 1.41); return the port
+    and register it as the connection 'test'."""
+    port = free_port()
     args = [str(BIN / "flower-superlink"), *extra, "--host", "127.0.0.1", "--port", str(port),
-            "--fleet-api-address", f"127.0.0.1:{fleet}", "--database", str(procs.home / "state.db"),
-            "--disable-runtime-dependency-installation"]
+            "--database", str(procs.home / "state.db"), "--disable-runtime-dependency-installation"]
     if simulation:
         args += ["--simulation", "--isolation", "subprocess"]
     procs.start("superlink", *args)
@@ -78,7 +78,7 @@ def start_superlink(procs: Processes, simulation: bool, extra: tuple[str, ...] =
     (procs.home / "config.toml").write_text(
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\n{secure}\n'
     )
-    return port, fleet
+    return port
 
 
 def flwr_run(
@@ -97,11 +97,11 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def start_supernode(procs: Processes, fleet: int, partition_id: int, num_partitions: int,
+def start_supernode(procs: Processes, superlink_port: int, partition_id: int, num_partitions: int,
                     extra: tuple[str, ...] = ("--insecure",)) -> subprocess.Popen:
-    """Start a SuperNode for ``partition_id`` connected to the SuperLink's Fleet API."""
+    """Start a SuperNode for ``partition_id`` connected to the SuperLink."""
     return procs.start(
         f"supernode-{partition_id}", str(BIN / "flower-supernode"), *extra,
-        "--superlink", f"127.0.0.1:{fleet}", "--port", str(free_port()),
+        "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(free_port()),
         "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
     )

@@ -144,11 +144,6 @@ def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]]) -> dict[st
     return record
 
 
-def fit_results_weights(results: list[tuple[ClientProxy, FitRes]]) -> list[tuple[list[np.ndarray], int]]:
-    """(weights, num_examples) of every result whose parameters are a plain weight list."""
-    return [(parameters_to_ndarrays(res.parameters), res.num_examples) for _, res in results]
-
-
 def decode_results(
     results: list[tuple[ClientProxy, FitRes]], recorder: RunRecorder, algo_round: int
 ) -> list[tuple[str, dict[str, np.ndarray], FitRes]]:

@@ -123,7 +123,7 @@ def test_resolve_base_tiny_uses_foundation(monkeypatch: pytest.MonkeyPatch, tmp_
         return cache_dir / "foundation" / "abc"
 
     monkeypatch.setattr(pipeline, "ensure_foundation", fake)
-    cfg = GeneratorConfig(foundation_steps=123, foundation_path="/data/pool", prompt_template="an image of {label}")
+    cfg = GeneratorConfig(foundation_steps=123, foundation_source="/data/pool", prompt_template="an image of {label}")
     assert resolve_base(cfg, tmp_path) == str(tmp_path / "foundation" / "abc")
     assert seen["spec"].steps == 123 and seen["spec"].source == "/data/pool"
     assert seen["template"] == "an image of {label}"

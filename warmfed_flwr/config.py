@@ -77,7 +77,6 @@ class GeneratorConfig:
     prompt_template: str = "a photo of a {label}"
     foundation_steps: int = 1500
     foundation_source: str = "digits"
-    foundation_path: str = ""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
 

@@ -91,6 +91,7 @@ def finetune_lora(
     afterwards, which leaves the pipeline exactly as it was.
     """
     unet, device = pipe.unet, pipe.device
+    base_dtype = unet.dtype
     images, labels = dataset_tensors(dataset)
     if int(labels.max()) >= len(class_names) or int(labels.min()) < 0:
         raise GeneratorError(
@@ -102,7 +103,7 @@ def finetune_lora(
     mean, std = encode_latent_stats(pipe.vae, images)
     scaling = pipe.vae.config.scaling_factor
     embeddings = prompt_embeddings(pipe, class_prompts(template, class_names, domain_phrase) + [""])
-    embeddings = embeddings.to(device, unet.dtype)
+    embeddings = embeddings.to(device, base_dtype)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     timesteps_total = noise_scheduler.config.num_train_timesteps
     velocity = noise_scheduler.config.prediction_type == "v_prediction"
@@ -119,7 +120,7 @@ def finetune_lora(
         for param in params:
             param.data = param.data.float()
         optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-        half = unet.dtype != torch.float32
+        half = base_dtype != torch.float32
         unet.train()
         bar = tqdm(range(cfg.steps), desc="client LoRA", unit="step")
         for _ in bar:
@@ -133,9 +134,9 @@ def finetune_lora(
             prompt_index[torch.rand(len(index), generator=generator) < UNCOND_PROB] = len(class_names)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             target = noise_scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
-            with torch.autocast(device.type, dtype=unet.dtype, enabled=half):
+            with torch.autocast(device.type, dtype=base_dtype, enabled=half):
                 prediction = unet(
-                    noisy.to(unet.dtype), timesteps, encoder_hidden_states=embeddings[prompt_index.to(device)]
+                    noisy.to(base_dtype), timesteps, encoder_hidden_states=embeddings[prompt_index.to(device)]
                 ).sample
             loss = F.mse_loss(prediction.float(), target.float())
             optimizer.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.pipelines import pipeline_utils
 
 from warmfed_flwr.config import GeneratorConfig
 from warmfed_flwr.errors import GeneratorError
@@ -15,6 +16,8 @@ from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPE_KWARG = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+"""diffusers renamed from_pretrained's ``torch_dtype`` to ``dtype`` (PR 14205); older releases only know the former."""
 _SLICED_VAE_FROM = 256
 """Decode one image at a time from this resolution up, so batch-64 decoding fits in GPU memory."""
 
@@ -31,14 +34,16 @@ def torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_pipeline(base: str, device: torch.device, dtype: str = "auto") -> StableDiffusionPipeline:
     """Load a StableDiffusionPipeline from a hub id or a local diffusers directory, ready for sampling on ``device``.
 
-    Weights load in their stored precision and are then cast to ``dtype`` (the same call on every diffusers
-    version). The safety checker is dropped, sampling uses DDIM (the saved scheduler's betas), progress bars are
-    off, and attention runs through torch's scaled_dot_product_attention (diffusers' default processor), which
+    Weights load in ``dtype`` (passed as ``torch_dtype`` to diffusers releases before the ``dtype`` rename).
+    The safety checker is dropped, sampling uses DDIM (the saved scheduler's betas), progress bars are off, and
+    attention runs through torch's scaled_dot_product_attention (diffusers' default processor), which
     picks flash or memory-efficient kernels on CUDA; the VAE decodes image by image at 256 px and above.
     """
     dtype_t = torch_dtype(dtype, device)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            base, safety_checker=None, requires_safety_checker=False, **{_DTYPE_KWARG: dtype_t}
+        )
     except (OSError, ValueError, RuntimeError, TypeError, KeyError, ImportError) as exc:
         text = str(exc).strip()
         reason = text.splitlines()[0] if text else type(exc).__name__
@@ -50,7 +55,7 @@ def load_pipeline(base: str, device: torch.device, dtype: str = "auto") -> Stabl
     if pipe.unet.config.sample_size * pipe.vae_scale_factor >= _SLICED_VAE_FROM:
         pipe.vae.enable_slicing()
     pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device=device, dtype=dtype_t)
+    pipe = pipe.to(device)
     logger.info(
         "generator '%s' loaded on %s (%s, %d px, attention %s)", base, device, dtype_t,
         pipe.unet.config.sample_size * pipe.vae_scale_factor,
@@ -64,6 +69,6 @@ def resolve_base(cfg: GeneratorConfig, cache_dir: Path, image_size: int = 32) ->
     if cfg.base != "tiny":
         return cfg.base
     spec = FoundationSpec(
-        steps=cfg.foundation_steps, source=cfg.foundation_path or cfg.foundation_source, image_size=image_size
+        steps=cfg.foundation_steps, source=cfg.foundation_source, image_size=image_size
     )
     return str(ensure_foundation(spec, Path(cache_dir), cfg.prompt_template))

@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--batch1-images", type=int, default=10)
     parser.add_argument("--batch64-images", type=int, default=320)
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="generator dtypes to time generation in")
     parser.add_argument("--verbose", action="store_true", help="show INFO logs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -93,13 +94,15 @@ def main() -> None:
         print(f"LoRA step (batch {args.lora_batch}, r=8, attention+conv targets): {step_seconds:.3f} s; "
               f"adapter {size / 1024:.0f} KiB")
 
-        embeddings = prompt_embeddings(pipe, class_prompts(TEMPLATE, names))
-        rates = {}
-        for batch, count in ((1, args.batch1_images), (64, args.batch64_images)):
-            rates[batch] = time_generation(pipe, embeddings, batch, count, args.sampling_steps, args.guidance)
-            print(f"generation batch {batch}: {rates[batch]:.1f} images/s "
-                  f"({args.sampling_steps} DDIM steps, guidance {args.guidance})")
-        print(f"batched speed-up per image: {rates[64] / rates[1]:.1f}x")
+        for dtype in args.dtypes.split(","):
+            generator = pipe if dtype == "float32" else load_pipeline(str(path), torch.device("cpu"), dtype)
+            embeddings = prompt_embeddings(generator, class_prompts(TEMPLATE, names))
+            rates = {}
+            for batch, count in ((1, args.batch1_images), (64, args.batch64_images)):
+                rates[batch] = time_generation(generator, embeddings, batch, count, args.sampling_steps, args.guidance)
+                print(f"generation {dtype} batch {batch}: {rates[batch]:.1f} images/s "
+                      f"({args.sampling_steps} DDIM steps, guidance {args.guidance})")
+            print(f"generation {dtype} batched speed-up per image: {rates[64] / rates[1]:.1f}x")
 
 
 if __name__ == "__main__":

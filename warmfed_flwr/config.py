@@ -18,6 +18,7 @@ UNSET = ""
 
 Algorithm = Literal["fedavg", "fedprox", "local", "centralized", "fgl", "warmfed"]
 Personalization = Literal["none", "dsd", "pfedsd", "ditto", "fedbn"]
+Fault = Literal["none", "raise", "hang", "exit", "nan", "wrong-shape", "extra-key", "oversize", "absurd-examples"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class TrainConfig:
     min_fit_clients: int = 2
     proximal_mu: float = 0.01
     centralized_epochs: int = 5
+    round_timeout: float = 3600.0
+    max_client_examples: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,36 @@ class PersonalizationConfig:
 
 
 @dataclass(frozen=True)
+class FaultConfig:
+    """Test hook: inject one kind of fault into some clients in some rounds (tests, fault matrix)."""
+
+    kind: Fault = "none"
+    clients: str = ""
+    rounds: str = ""
+    hang_seconds: float = 120.0
+
+    def client_ids(self) -> list[int]:
+        """The partition ids that misbehave."""
+        return _int_list("faults.clients", self.clients)
+
+    def round_ids(self) -> list[int]:
+        """The algorithm rounds in which they misbehave (empty: every round)."""
+        return _int_list("faults.rounds", self.rounds)
+
+    def hits(self, partition_id: int, algo_round: int) -> bool:
+        """Whether client ``partition_id`` misbehaves in ``algo_round``."""
+        rounds = self.round_ids()
+        return self.kind != "none" and partition_id in self.client_ids() and (not rounds or algo_round in rounds)
+
+
+def _int_list(key: str, text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"config key '{key}' = {text!r} must be comma-separated integers, e.g. '0,2'") from None
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment, resolved from YAML plus run-config overrides."""
 
@@ -146,6 +179,7 @@ class ExperimentConfig:
     output_dir: str = "~/warmfed-runs"
     run_name: str = ""
     cache_dir: str = ""
+    resume: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -154,6 +188,7 @@ class ExperimentConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     warmfed: WarmFedConfig = field(default_factory=WarmFedConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_flat(self) -> dict[str, Any]:
         """The config as flat kebab-case keys, the shape of Flower's run config."""
@@ -264,6 +299,13 @@ def _cross_checks(cfg: ExperimentConfig) -> None:
             f"config key 'personalization.method' = '{cfg.personalization.method}' needs a federated algorithm; "
             f"'algorithm' = '{cfg.algorithm}' takes 'none'"
         )
+    if cfg.faults.kind != "none" and not cfg.faults.client_ids():
+        raise ConfigError(
+            f"config key 'faults.clients' is empty but 'faults.kind' = '{cfg.faults.kind}'; name the partition ids"
+        )
+    cfg.faults.round_ids()
+    if cfg.resume and not cfg.run_name:
+        raise ConfigError("config key 'resume' = true needs 'run-name': the run directory whose checkpoint to resume")
     if "{label}" not in cfg.generator.prompt_template:
         raise ConfigError(
             f"config key 'generator.prompt-template' = {cfg.generator.prompt_template!r} must contain '{{label}}'"
@@ -299,7 +341,7 @@ def resolve(overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     known = schema()
     for key in overrides:
         if key not in known:
-            raise ConfigError(f"unknown config key '{key}'; see conf/README keys or `warmfed-config --keys`")
+            raise ConfigError(f"unknown config key '{key}'; every key and its default is in conf/warmfed.yaml")
     flat = load_yaml(str(overrides.get("experiment", "warmfed")))
     for key in flat:
         if key not in known:

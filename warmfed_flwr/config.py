@@ -78,7 +78,7 @@ class GeneratorConfig:
 
     base: str = "tiny"
     prompt_template: str = "a photo of a {label}"
-    foundation_steps: int = 1500
+    foundation_steps: int = 1300
     foundation_source: str = "digits"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
@@ -91,7 +91,7 @@ class LoraConfig:
     rank: int = 8
     alpha: float = 8.0
     targets: str = "to_q,to_k,to_v,to_out.0,conv1,conv2"
-    steps: int = 150
+    steps: int = 100
     lr: float = 1e-3
     batch_size: int = 32
 
@@ -104,7 +104,7 @@ class LoraConfig:
 class SynthesisConfig:
     """Server-side synthesis of the labelled synthetic set."""
 
-    images_per_class: int = 50
+    images_per_class: int = 30
     steps: int = 10
     guidance: float = 3.0
     batch_size: int = 64

@@ -73,7 +73,7 @@ class FoundationSpec:
     uncond_prob: float = 0.1
     warmup_steps: int = 50
     holdout_fraction: float = 0.2
-    quality_images_per_class: int = 100
+    quality_images_per_class: int = 50
     quality_steps: int = 10
     quality_guidance: float = 3.0
 

@@ -54,7 +54,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from tests.flower_harness import ROOT, Processes, flwr_run, read_metrics, start_superlink
+from tests.flower_harness import ROOT, Processes, descendant_groups, end_groups, flwr_run, read_metrics, start_superlink
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.errors import ConfigError
 
@@ -134,47 +134,6 @@ class PrivateLink:
         """Stop and start again, dropping whatever run the old SuperLink still had."""
         self.stop()
         self.start()
-
-
-def process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) of every process (Linux /proc; empty elsewhere)."""
-    table = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def descendant_groups(root: int) -> set[int]:
-    """The process groups of ``root`` and all its descendants."""
-    table = process_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _group) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    groups, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            groups.add(table[pid][1])
-        todo += children.get(pid, [])
-    return groups
-
-
-def end_groups(groups: set[int], grace: float = 10.0) -> None:
-    """SIGTERM every group, then SIGKILL what is left after ``grace`` seconds (Ray's agents ignore SIGTERM)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for group in list(groups):
-            try:
-                os.killpg(group, sig)
-            except ProcessLookupError:
-                groups.discard(group)
-        deadline = time.time() + grace
-        while groups and time.time() < deadline:
-            time.sleep(0.2)
-            groups = {g for g in groups if any(pg == g for _pp, pg in process_table().values())}
 
 
 def slug(name: str) -> str:

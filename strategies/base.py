@@ -52,6 +52,13 @@ class RecordingFedAvg(FedAvg):
         """The algorithm's round number for a Flower server round."""
         return server_round - 1 + self.first_round
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """JSON state a checkpoint keeps besides the global model (none for stateless algorithms)."""
+        return {}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`checkpoint_state` of a resumed run."""
+
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
         """Config sent with every FitIns of ``server_round``."""
         last = self.algorithm_round(self.num_rounds)

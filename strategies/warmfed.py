@@ -29,6 +29,14 @@ class WarmFedStrategy(RecordingFedAvg):
         self.max_upload_bytes = int(self.cfg.synthesis.max_upload_mb * 2**20)
         self.has_subset: set[str] = set()
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The synthetic set's cache keys and the subset: the subset is sent again after a resume."""
+        return self.server.checkpoint_state()
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Reload the synthetic set from the cache; clients get the subset again in their next round."""
+        self.server.restore_checkpoint_state(state)
+
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
         """Warm-up in round 0, globalization afterwards."""
         stage = protocol.STAGE_WARMUP if server_round == 1 else protocol.STAGE_GLOBALIZE

@@ -39,7 +39,7 @@ class Processes:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                    "COLUMNS": "400"}
+                    "COLUMNS": "400", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.procs: list[subprocess.Popen] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
@@ -81,15 +81,21 @@ def start_superlink(procs: Processes, simulation: bool, extra: tuple[str, ...] =
     return port
 
 
-def flwr_run(
-    procs: Processes, run_config: dict, num_supernodes: int | None, timeout: float
-) -> subprocess.CompletedProcess:
-    """`flwr run . test --stream` with ``run_config`` overrides; returns the finished command."""
+def flwr_run_args(run_config: dict, num_supernodes: int | None) -> list[str]:
+    """The `flwr run . test --stream` command line with ``run_config`` overrides."""
     overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
     args = [str(BIN / "flwr"), "run", ".", "test", "--stream", "--run-config", overrides]
     if num_supernodes is not None:
         args += ["--federation-config", f"num-supernodes={num_supernodes}"]
-    return subprocess.run(args, env=procs.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return args
+
+
+def flwr_run(
+    procs: Processes, run_config: dict, num_supernodes: int | None, timeout: float
+) -> subprocess.CompletedProcess:
+    """`flwr run . test --stream` with ``run_config`` overrides; returns the finished command."""
+    return subprocess.run(flwr_run_args(run_config, num_supernodes), env=procs.env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def read_metrics(run_dir: Path) -> dict:
@@ -105,3 +111,47 @@ def start_supernode(procs: Processes, superlink_port: int, partition_id: int, nu
         "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(free_port()),
         "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
     )
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process (Linux /proc; empty elsewhere)."""
+    table = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def descendant_groups(root: int) -> set[int]:
+    """The process groups of ``root`` and all its descendants."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _group) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    groups, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            groups.add(table[pid][1])
+        todo += children.get(pid, [])
+    return groups
+
+
+def end_groups(
+    groups: set[int], grace: float = 10.0, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGKILL)
+) -> None:
+    """Send each of ``signals`` to every group in turn, waiting up to ``grace`` seconds for the groups to go
+    (Ray's agents ignore SIGTERM, hence the final SIGKILL)."""
+    for sig in signals:
+        for group in list(groups):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                groups.discard(group)
+        deadline = time.time() + grace
+        while groups and time.time() < deadline:
+            time.sleep(0.2)
+            groups = {g for g in groups if any(pg == g for _pp, pg in process_table().values())}

@@ -306,6 +306,9 @@ def _cross_checks(cfg: ExperimentConfig) -> None:
     cfg.faults.round_ids()
     if cfg.resume and not cfg.run_name:
         raise ConfigError("config key 'resume' = true needs 'run-name': the run directory whose checkpoint to resume")
+    if cfg.resume and cfg.algorithm == "centralized":
+        raise ConfigError("config key 'resume' = true is not supported for 'algorithm' = 'centralized': "
+                          "its server-side model is not checkpointed; run it again from the start")
     if "{label}" not in cfg.generator.prompt_template:
         raise ConfigError(
             f"config key 'generator.prompt-template' = {cfg.generator.prompt_template!r} must contain '{{label}}'"

@@ -19,3 +19,7 @@ class PayloadError(WarmFedError):
 
 class GeneratorError(WarmFedError):
     """A generator pipeline or adapter cannot be loaded, built or applied."""
+
+
+class CheckpointError(WarmFedError):
+    """A checkpoint to resume from is missing, unreadable or refers to a cache entry that is gone."""

@@ -63,6 +63,19 @@ class RunRecorder:
         row.update(metrics)
         self.flush()
 
+    def history(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this record: rounds, events, seconds per stage and in total."""
+        return {"rounds": self.rounds, "events": self.events, "stage_seconds": self.stage_seconds,
+                "elapsed_seconds": time.perf_counter() - self.started}
+
+    def restore(self, history: dict[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`history`, dropping whatever was recorded after it."""
+        self.rounds = [dict(row) for row in history["rounds"]]
+        self.events = [dict(event) for event in history["events"]]
+        self.stage_seconds = dict(history["stage_seconds"])
+        self.started = time.perf_counter() - float(history["elapsed_seconds"])
+        self.flush()
+
     def flush(self) -> None:
         """Write metrics.json and metrics.csv."""
         total = time.perf_counter() - self.started

@@ -7,6 +7,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from strategies.base import RecordingFedAvg
 from strategies.baselines import CentralizedStrategy, FedAvgStrategy, FedProxStrategy, LocalOnlyStrategy
+from strategies.checkpointing import with_checkpoints
 from warmfed_flwr.centralized import CentralizedTrainer
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.data import Benchmark, load_benchmark
@@ -52,7 +53,7 @@ def server_fn(context: Context) -> ServerAppComponents:
     seed_everything(cfg.seed)
     benchmark = load_benchmark(cfg.data, cfg.seed, cache_dir(cfg))
     recorder = RunRecorder(run_dir(cfg), cfg.to_flat())
-    strategy = build_strategy(cfg, benchmark, recorder)
+    strategy = with_checkpoints(build_strategy(cfg, benchmark, recorder), cfg.resume)
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=num_server_rounds(cfg)))
 
 

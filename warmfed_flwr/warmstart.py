@@ -8,6 +8,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import ExperimentConfig
 from warmfed_flwr.data import ClientSplit
+from warmfed_flwr.errors import CheckpointError
 from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
@@ -93,6 +95,8 @@ class WarmStartServer:
         self.model = build_model(cfg.model, len(class_names))
         self.synthetic: SyntheticSet | None = None
         self.subset: TensorDataset | None = None
+        self.synthesis_keys: dict[str, str] = {}
+        self.subset_index: torch.Tensor | None = None
 
     def upload_schema(self) -> payload.Schema:
         """Entry names, shapes and dtypes a round-0 upload must have."""
@@ -113,6 +117,7 @@ class WarmStartServer:
         adapter = {k: torch.from_numpy(v) for k, v in payload.split_prefix(named, protocol.ADAPTER_PREFIX).items()}
         key = synthesis_key(embeddings, *adapter.values(), self.cfg.generator.base, syn.images_per_class,
                             syn.steps, syn.guidance, seed)
+        self.synthesis_keys[client] = key
 
         def make() -> tuple[torch.Tensor, torch.Tensor]:
             with use_adapter(self.pipe, adapter, client) if adapter else nullcontext():
@@ -130,13 +135,44 @@ class WarmStartServer:
         """
         parts = [(client, *self.synthesize_client(client, named, self.cfg.seed * 1000 + index))
                  for index, (client, named) in enumerate(uploads)]
+        return self._keep(parts)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What identifies the synthetic set in the cache (client and key, in order) and the subset chosen from it."""
+        if self.synthetic is None or self.subset_index is None:
+            return {}
+        clients = list(dict.fromkeys(self.synthetic.sources))
+        return {"synthesis": [[client, self.synthesis_keys[client]] for client in clients],
+                "subset_index": self.subset_index.tolist()}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Reload the synthetic set and its subset from the cache, as :meth:`checkpoint_state` identified them."""
+        if not state:
+            return
+        cache = self.cache_dir / "synthetic"
+        parts = []
+        for client, key in state["synthesis"]:
+            def gone(client: str = client, key: str = key) -> tuple[torch.Tensor, torch.Tensor]:
+                raise CheckpointError(f"the synthetic set of client {client} is gone from the cache "
+                                      f"({cache / (key + '.npz')} is missing or unreadable); start the run again "
+                                      "without resume")
+
+            parts.append((client, *cached_synthesis(cache, key, gone)))
+            self.synthesis_keys[client] = key
+        self._keep(parts, torch.tensor(state["subset_index"], dtype=torch.long))
+
+    def _keep(self, parts: list[tuple[str, torch.Tensor, torch.Tensor]],
+              subset_index: torch.Tensor | None = None) -> SyntheticSet:
+        """Keep the union of the clients' parts and its subset (class-balanced unless ``subset_index`` is given)."""
         self.synthetic = SyntheticSet(
             images=torch.cat([p[1] for p in parts]),
             labels=torch.cat([p[2] for p in parts]),
             sources=[client for client, images, _ in parts for _ in range(len(images))],
         )
-        index = balanced_subset(self.synthetic.labels, self.cfg.synthesis.subset_ratio, self.cfg.seed)
-        self.subset = TensorDataset(self.synthetic.images[index], self.synthetic.labels[index])
+        if subset_index is None:
+            subset_index = balanced_subset(self.synthetic.labels, self.cfg.synthesis.subset_ratio, self.cfg.seed)
+        self.subset_index = subset_index
+        self.subset = TensorDataset(self.synthetic.images[subset_index], self.synthetic.labels[subset_index])
         return self.synthetic
 
     def train_warm_start(self) -> list[np.ndarray]:

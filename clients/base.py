@@ -12,7 +12,7 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
 from clients.state import load_arrays, save_arrays
-from warmfed_flwr import payload, personalization, protocol
+from warmfed_flwr import faults, payload, personalization, protocol
 from warmfed_flwr.config import ExperimentConfig
 from warmfed_flwr.data import Benchmark, ClientSplit
 from warmfed_flwr.models import build_model
@@ -33,6 +33,7 @@ class FederatedClient(NumPyClient):
         self.cfg = cfg
         self.class_names = benchmark.class_names
         self.split: ClientSplit = benchmark.clients[partition_id]
+        self.partition_id = partition_id
         self.context = context
         self.device = device
         self.cache_dir = cache_dir
@@ -57,7 +58,9 @@ class FederatedClient(NumPyClient):
                             device=self.device, seed=self.seed + algo_round, momentum=t.momentum,
                             weight_decay=t.weight_decay, regularizer=regularizer)
         metrics = self.personalize(global_weights, algo_round, int(config[protocol.TOTAL_ROUNDS]))
-        return get_weights(self.model), len(self.split.train), {**self.identity(), "train_loss": loss, **metrics}
+        weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, get_weights(self.model),
+                                              len(self.split.train))
+        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics}
 
     def identity(self) -> dict[str, Scalar]:
         """Metrics that name this client."""
@@ -129,7 +132,7 @@ class LocalOnlyClient(FederatedClient):
         own = load_arrays(self.context, PERSONAL)
         weights = payload.named_to_weights(own) if own else parameters
         result = super().fit(weights, config)
-        self.save_personal(result[0])
+        self.save_personal(get_weights(self.model))
         return result
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:

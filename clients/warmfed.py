@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from clients.base import FederatedClient
 from clients.state import load_arrays, save_arrays
-from warmfed_flwr import payload, protocol
+from warmfed_flwr import faults, payload, protocol
 from warmfed_flwr.warmstart import client_upload, from_uint8, globalize_client
 
 SUBSET = "synthetic-subset"
@@ -31,14 +31,17 @@ class WarmFedClient(FederatedClient):
         loss = globalize_client(self.model, self.synthetic_subset(), self.split, self.cfg, self.device,
                                 self.seed + algo_round)
         metrics = self.personalize(global_weights, algo_round, int(config[protocol.TOTAL_ROUNDS]))
-        return self.get_parameters({}), len(self.split.train), {**self.identity(), "train_loss": loss, **metrics}
+        weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, self.get_parameters({}),
+                                              len(self.split.train))
+        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics}
 
     def warmup(self) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Round 0: LoRA-adapt the generator (when enabled) and send adapter and class prompt embeddings."""
         phrase = str(self.context.node_config.get("domain-phrase", ""))
         named, timings = client_upload(self.cfg, self.split, self.class_names, self.device, self.cache_dir, phrase)
         metrics = {**self.identity(), protocol.CLASS_NAMES: ",".join(self.class_names), **timings}
-        return payload.encode(named), len(self.split.train), metrics
+        named, num_examples = faults.inject(self.cfg, self.partition_id, 0, named, len(self.split.train))
+        return payload.encode(named), num_examples, metrics
 
     def synthetic_subset(self) -> TensorDataset | None:
         """The synthetic subset the server sent once, kept in state."""

@@ -6,7 +6,7 @@ import logging
 import math
 import statistics
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
@@ -23,8 +23,29 @@ logger = logging.getLogger(__name__)
 Failures = list[tuple[ClientProxy, FitRes] | BaseException]
 
 
+class Upload(NamedTuple):
+    """A client's fit result that passed validation, with what it decoded to."""
+
+    proxy: ClientProxy
+    res: FitRes
+    client: str
+    content: Any
+
+
 def _parameters_bytes(parameters: Parameters) -> int:
     return int(sum(len(t) for t in parameters.tensors))
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """An error message as one line of at most ``limit`` characters."""
+    return " ".join(str(error).split())[:limit]
+
+
+def _number(value: Any) -> float | None:
+    """A client-reported metric as a float, or None when it is not a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 class RecordingFedAvg(FedAvg):
@@ -47,6 +68,9 @@ class RecordingFedAvg(FedAvg):
         self.recorder = recorder
         self.num_rounds = num_rounds
         self._fit_started = 0.0
+        self.global_schema: list[tuple[tuple[int, ...], str]] = []
+        self.sampled: list[str] = []
+        self.client_names: dict[str, str] = {}
 
     def algorithm_round(self, server_round: int) -> int:
         """The algorithm's round number for a Flower server round."""
@@ -70,6 +94,8 @@ class RecordingFedAvg(FedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Sample clients, attach the round config and count the bytes sent down."""
         pairs = super().configure_fit(server_round, parameters, client_manager)
+        self.global_schema = payload.weights_schema(parameters_to_ndarrays(parameters))
+        self.sampled = [client.cid for client, _ in pairs]
         config = self.fit_config(server_round)
         pairs = [(client, FitIns(ins.parameters, {**ins.config, **config})) for client, ins in pairs]
         down = [_parameters_bytes(ins.parameters) for _, ins in pairs]
@@ -81,32 +107,79 @@ class RecordingFedAvg(FedAvg):
         self._fit_started = time.perf_counter()
         return pairs
 
-    def record_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures) -> None:
-        """Record bytes up, fit metrics and failures of a round."""
+    def check_upload(self, server_round: int, client: str, res: FitRes) -> Any:
+        """Decode and validate one upload against the global model it trained from; raise to refuse it."""
+        weights = parameters_to_ndarrays(res.parameters)
+        payload.validate_weights(weights, self.global_schema, client)
+        payload.validate_num_examples(res.num_examples, self.cfg.train.max_client_examples, client)
+        return weights
+
+    def screen_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
+    ) -> list[Upload]:
+        """The uploads that pass :meth:`check_upload`; the others are refused with a recorded reason. Records the
+        round's fit metrics and failures."""
         algo_round = self.algorithm_round(server_round)
-        up = [_parameters_bytes(res.parameters) for _, res in results]
+        accepted: list[Upload] = []
+        for proxy, res in results:
+            client = str(res.metrics.get(protocol.CLIENT_NAME, proxy.cid))
+            self.client_names[proxy.cid] = client
+            try:
+                if any(upload.client == client for upload in accepted):
+                    raise ValueError(f"a second upload claims to come from client '{client}'")
+                accepted.append(Upload(proxy, res, client, self.check_upload(server_round, client, res)))
+            except Exception as exc:  # noqa: BLE001 - a bad upload is refused, never fatal
+                self.recorder.event("upload_refused", round=algo_round, client=client, reason=one_line(exc))
+        self.record_failures(algo_round, results, failures)
+        self.record_fit(server_round, accepted, len(results) - len(accepted), len(failures))
+        return accepted
+
+    def record_failures(self, algo_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures) -> None:
+        """One ``client_failed`` event per failure, naming the sampled clients that sent nothing."""
+        answered = {proxy.cid for proxy, _ in results}
+        silent = [self.client_names.get(cid, f"node {cid}") for cid in self.sampled if cid not in answered]
         for failure in failures:
             reason = failure if isinstance(failure, BaseException) else failure[1].status.message
-            self.recorder.event("client_failed", round=algo_round, reason=str(reason)[:300])
-        losses = [float(res.metrics["train_loss"]) for _, res in results if "train_loss" in res.metrics]
+            blame = {"client": silent[0]} if len(failures) == len(silent) == 1 else {"clients": silent}
+            self.recorder.event("client_failed", round=algo_round, **blame, reason=one_line(reason))
+
+    def record_fit(self, server_round: int, accepted: list[Upload], refused: int, failed: int) -> None:
+        """Record client counts, bytes up and fit metrics of a round."""
+        algo_round = self.algorithm_round(server_round)
+        up = [_parameters_bytes(upload.res.parameters) for upload in accepted]
+        losses = [v for u in accepted if (v := _number(u.res.metrics.get("train_loss"))) is not None]
         shares = {key: statistics.fmean(values) for key in ("dsd_share_t1", "dsd_share_t2")
-                  if (values := [float(res.metrics[key]) for _, res in results if key in res.metrics])}
+                  if (values := [v for u in accepted if (v := _number(u.res.metrics.get(key))) is not None])}
         self.recorder.record_round(algo_round, {
             **shares,
-            "clients_ok": len(results),
-            "clients_failed": len(failures),
+            "clients_ok": len(accepted),
+            "clients_refused": refused,
+            "clients_failed": failed,
             "bytes_up": sum(up),
             "bytes_up_per_client": max(up, default=0),
             "train_loss": float(np.mean(losses)) if losses else math.nan,
         })
 
+    def enough_uploads(self, server_round: int, accepted: list[Upload]) -> bool:
+        """Whether ``accepted`` reaches train.min-fit-clients; if not, record that the round keeps the previous
+        global model."""
+        if len(accepted) >= self.min_fit_clients:
+            return True
+        reason = (f"{len(accepted)} valid upload(s), fewer than train.min-fit-clients = {self.min_fit_clients}; "
+                  "the previous global model is kept")
+        self.recorder.event("round_skipped", round=self.algorithm_round(server_round), reason=reason)
+        self.recorder.record_round(self.algorithm_round(server_round), {"model_kept": True})
+        return False
+
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Weighted average of the client weights, recorded."""
+        """Weighted average of the valid client weights, recorded; the previous model when too few are valid."""
         self.recorder.add_time("client_rounds", time.perf_counter() - self._fit_started)
-        self.record_fit(server_round, results, failures)
-        return super().aggregate_fit(server_round, results, failures)
+        accepted = self.screen_fit(server_round, results, failures)
+        if not self.enough_uploads(server_round, accepted):
+            return None, {}
+        return super().aggregate_fit(server_round, [(u.proxy, u.res) for u in accepted], failures)
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -123,7 +196,9 @@ class RecordingFedAvg(FedAvg):
         """Per-domain and pooled global accuracy, and personalized accuracy over clients."""
         self.recorder.add_time("evaluation", time.perf_counter() - self._eval_started)
         algo_round = self.algorithm_round(server_round)
-        record = evaluation_record(results)
+        self.client_names.update({proxy.cid: str(res.metrics.get(protocol.CLIENT_NAME, proxy.cid))
+                                  for proxy, res in results})
+        record = {**evaluation_record(results), "clients_evaluated": len(results), "clients_eval_failed": len(failures)}
         self.recorder.record_round(algo_round, record)
         if server_round == self.num_rounds:
             logger.info("results written to %s\n%s", self.recorder.directory, self.recorder.finish())
@@ -149,17 +224,3 @@ def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]]) -> dict[st
         record["personal_acc_std"] = statistics.pstdev(values)
         record.update({f"personal_acc_{name}": acc for name, acc in personal.items()})
     return record
-
-
-def decode_results(
-    results: list[tuple[ClientProxy, FitRes]], recorder: RunRecorder, algo_round: int
-) -> list[tuple[str, dict[str, np.ndarray], FitRes]]:
-    """Decode every bundle upload; a malformed one is left out with a recorded reason."""
-    decoded = []
-    for proxy, res in results:
-        name = str(res.metrics.get(protocol.CLIENT_NAME, proxy.cid))
-        try:
-            decoded.append((name, payload.decode(parameters_to_ndarrays(res.parameters), name), res))
-        except Exception as exc:  # noqa: BLE001 - any malformed upload is refused, never fatal
-            recorder.event("upload_refused", round=algo_round, client=name, reason=str(exc))
-    return decoded

@@ -34,7 +34,7 @@ class LocalOnlyStrategy(RecordingFedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Record the round and keep the server's parameters unchanged."""
         self.recorder.add_time("client_rounds", time.perf_counter() - self._fit_started)
-        self.record_fit(server_round, results, failures)
+        self.screen_fit(server_round, results, failures)
         return None, {}
 
 

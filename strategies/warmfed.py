@@ -6,14 +6,17 @@ FGL (arXiv 2306.16064) is the same strategy with LoRA off and client synthetic f
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from strategies.base import Failures, RecordingFedAvg, decode_results
+from strategies.base import Failures, RecordingFedAvg, Upload
 from warmfed_flwr import payload, protocol
+from warmfed_flwr.errors import FederationError, PayloadError
+from warmfed_flwr.runtime import one_line_errors
 from warmfed_flwr.warmstart import WarmStartServer
 
 
@@ -23,11 +26,14 @@ class WarmFedStrategy(RecordingFedAvg):
 
     first_round = 0
 
-    def __init__(self, *args: Any, server: WarmStartServer, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, server: WarmStartServer, domains: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.server = server
+        self.domains = list(domains)
+        """The client names expected in round 0 (the benchmark's domains); empty: any name is taken."""
         self.max_upload_bytes = int(self.cfg.synthesis.max_upload_mb * 2**20)
         self.has_subset: set[str] = set()
+        self.upload_schema: payload.Schema = {}
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The synthetic set's cache keys and the subset: the subset is sent again after a resume."""
@@ -70,6 +76,7 @@ class WarmFedStrategy(RecordingFedAvg):
                                         min_num_clients=self.min_available_clients)
         empty = ndarrays_to_parameters(payload.encode({}))
         self.recorder.record_round(0, {"clients_sampled": len(clients), "bytes_down": 0, "bytes_down_per_client": 0})
+        self.sampled = [client.cid for client in clients]
         self._fit_started = time.perf_counter()
         return [(client, FitIns(empty, self.fit_config(server_round))) for client in clients]
 
@@ -79,10 +86,15 @@ class WarmFedStrategy(RecordingFedAvg):
         """Round 0: warm start from the valid uploads. Later: FedAvg, then server fine-tuning."""
         stage = "client_lora" if server_round == 1 else "client_rounds"
         self.recorder.add_time(stage, time.perf_counter() - self._fit_started)
-        self.record_fit(server_round, results, failures)
         if server_round == 1:
-            return self._warm_start(results)
-        aggregated, metrics = super(RecordingFedAvg, self).aggregate_fit(server_round, results, failures)
+            self.upload_schema = self.server.upload_schema()
+        accepted = self.screen_fit(server_round, results, failures)
+        if server_round == 1:
+            return self._warm_start(accepted)
+        if not self.enough_uploads(server_round, accepted):
+            return None, {}
+        aggregated, metrics = super(RecordingFedAvg, self).aggregate_fit(
+            server_round, [(upload.proxy, upload.res) for upload in accepted], failures)
         if aggregated is None:
             return None, metrics
         started = time.perf_counter()
@@ -90,20 +102,40 @@ class WarmFedStrategy(RecordingFedAvg):
         self.recorder.add_time("server_finetune", time.perf_counter() - started)
         return ndarrays_to_parameters(weights), metrics
 
-    def _warm_start(self, results: list[tuple[ClientProxy, FitRes]]) -> tuple[Parameters | None, dict[str, Scalar]]:
-        schema = self.server.upload_schema()
-        accepted = []
-        for client, named, _res in decode_results(results, self.recorder, 0):
-            try:
-                payload.validate(named, schema, client, self.max_upload_bytes)
-            except Exception as exc:  # noqa: BLE001 - a bad upload is left out, the round goes on
-                self.recorder.event("upload_refused", round=0, client=client, reason=str(exc))
-                continue
-            accepted.append((client, named))
-        if not accepted:
-            raise RuntimeError("no valid round-0 upload: every client failed or was refused; see the events above")
+    def check_upload(self, server_round: int, client: str, res: FitRes) -> Any:
+        """Round 0: an expected client's bundle matching the upload schema; later rounds: new model weights."""
+        if server_round != 1:
+            return super().check_upload(server_round, client, res)
+        if self.domains and client not in self.domains:
+            raise PayloadError(f"upload names client '{client}', not one of {', '.join(self.domains)}")
+        if client.startswith(".") or any(sep in client for sep in "/\\"):
+            raise PayloadError(f"upload names client {client!r}, which is not usable as a file name")
+        named = payload.decode(parameters_to_ndarrays(res.parameters), client)
+        payload.validate(named, self.upload_schema, client, self.max_upload_bytes)
+        payload.validate_num_examples(res.num_examples, self.cfg.train.max_client_examples, client)
+        return named
+
+    def record_left_out(self, accepted: list[Upload]) -> None:
+        """A ``domain_left_out`` event for every expected client without a valid round-0 upload."""
+        refused = {e["client"]: e["reason"] for e in self.recorder.events
+                   if e["kind"] == "upload_refused" and e.get("round") == 0}
+        sent = {upload.client for upload in accepted}
+        for domain in self.domains:
+            if domain not in sent:
+                reason = f"upload refused: {refused[domain]}" if domain in refused else "no reply (failed or timed out)"
+                self.recorder.event("domain_left_out", round=0, domain=domain, reason=reason)
+
+    @one_line_errors
+    def _warm_start(self, accepted: list[Upload]) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self.record_left_out(accepted)
+        if len(accepted) < self.min_fit_clients:
+            raise FederationError(
+                f"round 0 got {len(accepted)} valid upload(s) ({', '.join(u.client for u in accepted) or 'none'}), "
+                f"fewer than train.min-fit-clients = {self.min_fit_clients}; the failures and refusals are the events "
+                f"in {self.recorder.directory / 'metrics.json'}"
+            )
         started = time.perf_counter()
-        synthetic = self.server.build_synthetic(sorted(accepted))
+        synthetic = self.server.build_synthetic(sorted(((u.client, u.content) for u in accepted), key=lambda u: u[0]))
         self.recorder.add_time("synthesis", time.perf_counter() - started)
         started = time.perf_counter()
         weights = self.server.train_warm_start()

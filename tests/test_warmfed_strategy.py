@@ -29,12 +29,13 @@ def config(tiny_pipeline_dir, tmp_path, **overrides):
     flat = {"generator.base": str(tiny_pipeline_dir), "lora.steps": 2, "lora.batch-size": 8,
             "synthesis.images-per-class": 4, "synthesis.steps": 2, "synthesis.batch-size": 12,
             "synthesis.subset-ratio": 0.5, "warmfed.warm-epochs": 1, "cache-dir": str(tmp_path / "cache"),
-            "device": "cpu", **overrides}
+            "device": "cpu", "train.min-fit-clients": 1, **overrides}
     return resolve(flat)
 
 
-def fit_res(named: dict, client: str) -> tuple:
-    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(payload.encode(named)), 24, {protocol.CLIENT_NAME: client})
+def fit_res(named: dict, client: str, num_examples: int = 24) -> tuple:
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(payload.encode(named)), num_examples,
+                 {protocol.CLIENT_NAME: client})
     return SimpleNamespace(cid=client), res
 
 
@@ -46,10 +47,10 @@ def uploads(tiny_pipeline_dir, tmp_path_factory):
             for i, name in enumerate(["a", "b"])}
 
 
-def strategy(cfg, tmp_path):
+def strategy(cfg, tmp_path, domains=()):
     recorder = RunRecorder(tmp_path / "run", cfg.to_flat())
     server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", recorder.directory)
-    return WarmFedStrategy(cfg=cfg, recorder=recorder, num_rounds=3, server=server), recorder
+    return WarmFedStrategy(cfg=cfg, recorder=recorder, num_rounds=3, server=server, domains=domains), recorder
 
 
 def test_upload_holds_adapter_and_embeddings_only(uploads):
@@ -182,3 +183,51 @@ def test_balanced_subset_keeps_the_ratio_per_class():
     index = balanced_subset(labels, 0.5, seed=0)
     assert torch.bincount(labels[index]).tolist() == [5, 10, 15]
     assert torch.equal(index, balanced_subset(labels, 0.5, seed=0))
+
+
+@pytest.mark.parametrize("count", [10**12, -5])
+def test_round_zero_refuses_absurd_example_counts(uploads, tiny_pipeline_dir, tmp_path, count):
+    strat, recorder = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)
+    strat._fit_started = 0.0
+    strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(uploads["b"], "b", count)], [])
+    refused = [e for e in recorder.events if e["kind"] == "upload_refused"]
+    assert [e["client"] for e in refused] == ["b"] and f"claims {count} training examples" in refused[0]["reason"]
+
+
+def test_missing_or_refused_clients_leave_their_domain_out(uploads, tiny_pipeline_dir, tmp_path):
+    strat, recorder = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path, domains=["a", "b", "c"])
+    strat.sampled = ["a", "b", "c"]
+    strat._fit_started = 0.0
+    bad = fit_res(_corrupt(uploads["b"], "nan"), "b")
+    parameters, _ = strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), bad], [RuntimeError("client c raised")])
+    assert parameters is not None
+    assert strat.server.synthetic.sources == ["a"] * 12
+    left_out = {e["domain"]: e["reason"] for e in recorder.events if e["kind"] == "domain_left_out"}
+    assert set(left_out) == {"b", "c"}
+    assert left_out["b"].startswith("upload refused") and "NaN" in left_out["b"]
+    assert left_out["c"].startswith("no reply")
+    row = next(r for r in recorder.rounds if r["round"] == 0)
+    assert (row["clients_accepted"], row["clients_refused"], row["clients_failed"]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["intruder", "../../escape", ".hidden"])
+def test_round_zero_refuses_unexpected_client_names(uploads, tiny_pipeline_dir, tmp_path, name):
+    domains = ["a", "../../escape", ".hidden"] if name != "intruder" else ["a"]
+    strat, recorder = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path, domains=domains)
+    strat._fit_started = 0.0
+    strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(uploads["b"], name)], [])
+    refused = [e for e in recorder.events if e["kind"] == "upload_refused"]
+    assert [e["client"] for e in refused] == [name]
+    assert not list((tmp_path / "run").rglob("*escape*")) and not (tmp_path / "escape.png").exists()
+
+
+def test_round_zero_with_too_few_valid_uploads_stops_with_one_line(uploads, tiny_pipeline_dir, tmp_path, capsys):
+    strat, recorder = strategy(config(tiny_pipeline_dir, tmp_path, **{"train.min-fit-clients": 2}), tmp_path,
+                               domains=["a", "b"])
+    strat._fit_started = 0.0
+    with pytest.raises(SystemExit) as info:
+        strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(_corrupt(uploads["b"], "nan"), "b")], [])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("FederationError: round 0 got 1 valid upload(s) (a), fewer than train.min-fit-clients = 2")
+    assert [e["domain"] for e in recorder.events if e["kind"] == "domain_left_out"] == ["b"]

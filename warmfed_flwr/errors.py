@@ -9,6 +9,10 @@ class ConfigError(WarmFedError):
     """A configuration key is unknown, mistyped or out of range."""
 
 
+class FederationError(WarmFedError):
+    """Too few clients answered with a valid upload for the run to go on."""
+
+
 class DataError(WarmFedError):
     """A dataset path is missing, empty, unreadable or inconsistent."""
 

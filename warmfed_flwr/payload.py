@@ -83,6 +83,42 @@ def validate(named: Mapping[str, np.ndarray], schema: Schema, sender: str, max_b
             raise PayloadError(f"upload from {sender}: '{name}' holds NaN or Inf values")
 
 
+def weights_schema(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every array of a model: what an upload of new weights must match."""
+    return [(tuple(w.shape), w.dtype.name) for w in weights]
+
+
+def validate_weights(
+    weights: Sequence[np.ndarray], reference: Sequence[tuple[tuple[int, ...], str]], sender: str
+) -> None:
+    """Refuse model weights whose number of arrays, shapes, dtypes or size differ from ``reference``, or that
+    hold NaN or Inf."""
+    expected_bytes = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in reference)
+    if len(weights) != len(reference):
+        raise PayloadError(
+            f"upload from {sender} has {len(weights)} arrays ({nbytes(weights)} bytes); the global model has "
+            f"{len(reference)} ({expected_bytes} bytes)"
+        )
+    for index, (array, (shape, dtype)) in enumerate(zip(weights, reference, strict=True)):
+        if tuple(array.shape) != tuple(shape):
+            raise PayloadError(f"upload from {sender}: array {index} has shape {tuple(array.shape)}, expected {shape}")
+        if array.dtype.name != dtype:
+            raise PayloadError(f"upload from {sender}: array {index} has dtype {array.dtype.name}, expected {dtype}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise PayloadError(f"upload from {sender}: array {index} holds NaN or Inf values")
+
+
+def validate_num_examples(num_examples: object, maximum: int, sender: str) -> None:
+    """Refuse an example count that is not an integer in [1, ``maximum``] (it weights the average)."""
+    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or not (
+        1 <= num_examples <= maximum
+    ):
+        raise PayloadError(
+            f"upload from {sender} claims {num_examples!r} training examples; accepted: 1 to {maximum} "
+            "(train.max-client-examples)"
+        )
+
+
 def nbytes(arrays: Sequence[np.ndarray]) -> int:
     """Bytes of a list of arrays, as counted for communication."""
     return int(sum(a.nbytes for a in arrays))

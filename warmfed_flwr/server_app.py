@@ -8,6 +8,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from strategies.base import RecordingFedAvg
 from strategies.baselines import CentralizedStrategy, FedAvgStrategy, FedProxStrategy, LocalOnlyStrategy
 from strategies.checkpointing import with_checkpoints
+from warmfed_flwr import actor_recovery
 from warmfed_flwr.centralized import CentralizedTrainer
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.data import Benchmark, load_benchmark
@@ -35,7 +36,7 @@ def build_strategy(cfg: ExperimentConfig, benchmark: Benchmark, recorder: RunRec
 
         server = WarmStartServer(cfg, benchmark.class_names, device, cache_dir(cfg), recorder.directory)
         strategy_cls = WarmFedStrategy if cfg.algorithm == "warmfed" else FGLStrategy
-        return strategy_cls(**common, server=server)
+        return strategy_cls(**common, server=server, domains=[client.name for client in benchmark.clients])
     if cfg.algorithm == "centralized":
         return CentralizedStrategy(**common, trainer=CentralizedTrainer(cfg, benchmark, device))
     return PLAIN[cfg.algorithm](**common)
@@ -46,15 +47,22 @@ def num_server_rounds(cfg: ExperimentConfig) -> int:
     return cfg.train.rounds + (1 if cfg.algorithm in WARM_START else 0)
 
 
+def round_timeout(cfg: ExperimentConfig) -> float | None:
+    """Seconds a round waits for client replies (None: forever); a late client counts as failed."""
+    return cfg.train.round_timeout or None
+
+
 @one_line_errors
 def server_fn(context: Context) -> ServerAppComponents:
     """Validate the config, load class names, build the strategy."""
     cfg = resolve(dict(context.run_config))
+    actor_recovery.install()
     seed_everything(cfg.seed)
     benchmark = load_benchmark(cfg.data, cfg.seed, cache_dir(cfg))
     recorder = RunRecorder(run_dir(cfg), cfg.to_flat())
     strategy = with_checkpoints(build_strategy(cfg, benchmark, recorder), cfg.resume)
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=num_server_rounds(cfg)))
+    config = ServerConfig(num_rounds=num_server_rounds(cfg), round_timeout=round_timeout(cfg))
+    return ServerAppComponents(strategy=strategy, config=config)
 
 
 app = ServerApp(server_fn=server_fn)

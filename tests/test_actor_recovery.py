@@ -1,0 +1,45 @@
+"""Replacing a dead Ray client actor in Flower's simulation pool (the end-to-end check is tests/test_fault_run.py)."""
+
+from types import SimpleNamespace
+
+import pytest
+from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+from ray.exceptions import ActorDiedError
+
+from warmfed_flwr import actor_recovery
+
+
+def actor(actor_id: str) -> SimpleNamespace:
+    return SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: actor_id))
+
+
+def pool_of(*ids: str) -> SimpleNamespace:
+    return SimpleNamespace(pool=[actor(i) for i in ids], create_actor_fn=lambda: actor("fresh"))
+
+
+def ids(pool: SimpleNamespace) -> list[str]:
+    return [a._actor_id.hex() for a in pool.pool]
+
+
+def test_the_dead_actor_is_swapped_for_a_fresh_one():
+    pool = pool_of("alive", "dead")
+    assert actor_recovery.replace_dead_actor(pool, "dead")
+    assert ids(pool) == ["alive", "fresh"]
+    assert not actor_recovery.replace_dead_actor(pool, "dead"), "already replaced (or held by another worker)"
+    assert not actor_recovery.replace_dead_actor(pool, None)
+
+
+def test_install_wraps_process_message_once_and_reraises(monkeypatch):
+    def original(self, message, context):
+        error = ActorDiedError()
+        error.actor_id = "dead"
+        raise error
+
+    monkeypatch.setattr(RayBackend, "process_message", original)
+    assert actor_recovery.install() and actor_recovery.install()
+    wrapped = RayBackend.process_message
+    assert wrapped.__wrapped__ is original
+    backend = SimpleNamespace(pool=pool_of("dead", "alive"))
+    with pytest.raises(ActorDiedError):
+        wrapped(backend, "message", "context")
+    assert ids(backend.pool) == ["fresh", "alive"]

@@ -1,0 +1,117 @@
+"""Rounds >= 1 through the strategy's aggregate_fit, without a Flower run: hostile uploads are refused, the round
+goes on with the others, and too few valid uploads keep the previous global model."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+from strategies.baselines import FedAvgStrategy
+from strategies.warmfed import WarmFedStrategy
+from warmfed_flwr import faults, payload, protocol
+from warmfed_flwr.config import resolve
+from warmfed_flwr.results import RunRecorder
+
+GLOBAL = [np.zeros((3, 2), np.float32), np.zeros(4, np.float32), np.array(0, np.int64)]
+
+
+def weights(value: float) -> list[np.ndarray]:
+    return [np.full((3, 2), value, np.float32), np.full(4, value, np.float32), np.array(3, np.int64)]
+
+
+def fit_res(arrays: list[np.ndarray], client: str, num_examples: int = 10) -> tuple:
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, {protocol.CLIENT_NAME: client,
+                                                                                     "train_loss": 0.5})
+    return SimpleNamespace(cid=f"node-{client}"), res
+
+
+def strategy(tmp_path, cls=FedAvgStrategy, **overrides):
+    cfg = resolve({"algorithm": "fedavg", "train.min-fit-clients": 1, "train.max-client-examples": 1000,
+                   **overrides})
+    recorder = RunRecorder(tmp_path / "run", cfg.to_flat())
+    extra = {"server": SimpleNamespace(finetune=lambda w, _round: w)} if cls is WarmFedStrategy else {}
+    strat = cls(cfg=cfg, recorder=recorder, num_rounds=3, **extra)
+    strat.global_schema = payload.weights_schema(GLOBAL)
+    strat.sampled = ["node-good", "node-bad"]
+    return strat, recorder
+
+
+def hostile(case: str) -> tuple:
+    if case in ("nan", "wrong-shape", "extra-key", "oversize"):
+        cfg = resolve({"faults.kind": case, "faults.clients": "1", "synthesis.max-upload-mb": 0.01})
+        return fit_res(faults.inject(cfg, 1, 2, weights(9.0), 10)[0], "bad")
+    if case == "inf":
+        arrays = weights(9.0)
+        arrays[1][0] = np.inf
+        return fit_res(arrays, "bad")
+    if case == "wrong-dtype":
+        return fit_res([a.astype(np.float64) if a.dtype.kind == "f" else a for a in weights(9.0)], "bad")
+    if case == "missing-array":
+        return fit_res(weights(9.0)[:2], "bad")
+    if case == "pickled":
+        proxy, res = fit_res(weights(9.0), "bad")
+        res.parameters = Parameters(tensors=[b"\x80\x04not a numpy file"], tensor_type="numpy.ndarray")
+        return proxy, res
+    if case == "duplicate-name":
+        return fit_res(weights(9.0), "good")
+    examples = {"absurd-examples": 10**12, "negative-examples": -5, "zero-examples": 0}[case]
+    return fit_res(weights(9.0), "bad", examples)
+
+
+CASES = {"nan": "NaN", "inf": "NaN or Inf", "wrong-shape": "shape", "extra-key": "has 4 arrays",
+         "oversize": "has 4 arrays", "wrong-dtype": "dtype float64", "missing-array": "has 2 arrays",
+         "pickled": "pickled", "duplicate-name": "second upload", "absurd-examples": "1000000000000 training examples",
+         "negative-examples": "-5 training examples", "zero-examples": "0 training examples"}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("cls", [FedAvgStrategy, WarmFedStrategy])
+def test_hostile_upload_is_refused_and_the_round_goes_on(tmp_path, case, cls):
+    strat, recorder = strategy(tmp_path, cls)
+    parameters, _ = strat.aggregate_fit(3, [fit_res(weights(1.0), "good"), hostile(case)], [])
+    assert parameters is not None
+    assert all(np.array_equal(a, b) for a, b in zip(parameters_to_ndarrays(parameters), weights(1.0), strict=True))
+    refused = [e for e in recorder.events if e["kind"] == "upload_refused"]
+    assert len(refused) == 1 and refused[0]["round"] == strat.algorithm_round(3)
+    assert refused[0]["client"] == ("good" if case == "duplicate-name" else "bad")
+    assert CASES[case] in refused[0]["reason"] and "\n" not in refused[0]["reason"]
+    row = recorder.rounds[-1]
+    assert (row["clients_ok"], row["clients_refused"], row["clients_failed"]) == (1, 1, 0)
+    assert row["bytes_up"] == row["bytes_up_per_client"], "only accepted uploads count"
+
+
+@pytest.mark.parametrize("cls", [FedAvgStrategy, WarmFedStrategy])
+def test_too_few_valid_uploads_keep_the_previous_model(tmp_path, cls):
+    strat, recorder = strategy(tmp_path, cls, **{"train.min-fit-clients": 2})
+    parameters, _ = strat.aggregate_fit(2, [fit_res(weights(1.0), "good"), hostile("nan")], [])
+    assert parameters is None, "Flower keeps the previous global model when aggregate_fit returns None"
+    skipped = [e for e in recorder.events if e["kind"] == "round_skipped"]
+    assert len(skipped) == 1 and "fewer than train.min-fit-clients = 2" in skipped[0]["reason"]
+    assert recorder.rounds[-1]["model_kept"] is True
+
+
+def test_enough_valid_uploads_average_them(tmp_path):
+    strat, recorder = strategy(tmp_path, **{"train.min-fit-clients": 2})
+    results = [fit_res(weights(1.0), "good", 10), fit_res(weights(4.0), "other", 30), hostile("nan")]
+    parameters, _ = strat.aggregate_fit(2, results, [])
+    assert np.allclose(parameters_to_ndarrays(parameters)[0], 3.25)
+    assert "model_kept" not in recorder.rounds[-1]
+
+
+def test_a_failure_names_the_client_that_sent_nothing(tmp_path):
+    strat, recorder = strategy(tmp_path)
+    strat.client_names["node-bad"] = "digits"
+    strat.aggregate_fit(2, [fit_res(weights(1.0), "good")], [RuntimeError("Message contains an Error\n(timeout)")])
+    failed = [e for e in recorder.events if e["kind"] == "client_failed"]
+    assert failed == [{"kind": "client_failed", "round": 2, "client": "digits",
+                       "reason": "Message contains an Error (timeout)"}]
+    assert recorder.rounds[-1]["clients_failed"] == 1
+
+
+def test_non_numeric_metrics_do_not_break_the_round(tmp_path):
+    strat, recorder = strategy(tmp_path)
+    proxy, res = fit_res(weights(1.0), "good")
+    res.metrics.update({"train_loss": "lots", "dsd_share_t1": b"x"})
+    assert strat.aggregate_fit(2, [(proxy, res)], [])[0] is not None
+    assert np.isnan(recorder.rounds[-1]["train_loss"]) and "dsd_share_t1" not in recorder.rounds[-1]

@@ -361,6 +361,41 @@ def test_imagefolder_on_corrupt_skip_counts(tmp_path: Path, caplog: pytest.LogCa
     assert any("skipped 1 unreadable" in w and "empty.png" in w for w in warnings)
 
 
+def test_imagefolder_domains_disagreeing_on_classes_name_both(tmp_path: Path) -> None:
+    root = _write_tree(tmp_path / "tree", domains=("photo", "sketch", "clipart"))
+    for image in (root / "clipart" / "cat").iterdir():
+        image.unlink()
+    (root / "clipart" / "cat").rmdir()
+    _write_image(root / "clipart" / "horse" / "a.png", (1, 1, 1))
+    cfg = DataConfig(source="imagefolder", path=str(root), domains="photo,sketch,clipart", num_clients=3)
+    with pytest.raises(DataError) as info:
+        load_benchmark(cfg, seed=0, cache_dir=tmp_path / "cache")
+    text = str(info.value)
+    assert f"domain folder {root / 'clipart'} disagrees with {root / 'photo'}" in text
+    assert "missing: cat; extra: horse" in text and "\n" not in text
+
+
+def test_imagefolder_error_counts_the_other_unreadable_files(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    _case_corrupt_image(root)
+    (root / "sketch" / "big_dog" / "empty.png").write_bytes(b"")
+    cfg = DataConfig(source="imagefolder", path=str(root), num_clients=2)
+    with pytest.raises(DataError, match=r"cannot be read .*\(1 more unreadable file\(s\) under .*sketch\)"):
+        load_benchmark(cfg, seed=0, cache_dir=tmp_path / "cache")
+
+
+def test_corrupt_cache_file_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = _write_tree(tmp_path / "tree", domains=("a",), per_class=3)
+    cfg = DataConfig(source="imagefolder", path=str(root), domains="a", num_clients=1)
+    first = load_benchmark(cfg, 0, tmp_path / "cache").clients[0]
+    [cached] = (tmp_path / "cache" / "data").glob("imagefolder-a-*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="warmfed_flwr.data.partition"):
+        second = load_benchmark(cfg, 0, tmp_path / "cache").clients[0]
+    assert torch.equal(first.train.tensors[0], second.train.tensors[0])
+    assert any("ignoring unreadable cache file" in r.getMessage() for r in caplog.records)
+
+
 def test_public_pool_from_single_domain_folder(tmp_path: Path) -> None:
     root = tmp_path / "pool"
     for c, name in enumerate(["ice_cream", "tree"]):

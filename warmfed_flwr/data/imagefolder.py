@@ -82,8 +82,9 @@ def _decode_tree(
     bad = [(path, result) for (path, _), result in zip(files, decoded, strict=True) if isinstance(result, str)]
     if bad and on_corrupt != "skip":
         path, reason = bad[0]
+        others = f" ({len(bad) - 1} more unreadable file(s) under {folder})" if len(bad) > 1 else ""
         raise DataError(
-            f"image file {path} cannot be read ({reason}); replace or delete it, or set data.on-corrupt=skip"
+            f"image file {path} cannot be read ({reason}){others}; replace or delete it, or set data.on-corrupt=skip"
         )
     good = [(result, label) for (_, label), result in zip(files, decoded, strict=True) if not isinstance(result, str)]
     if not good:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import statistics
 import time
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ from warmfed_flwr.results import RunRecorder
 logger = logging.getLogger(__name__)
 
 Failures = list[tuple[ClientProxy, FitRes] | BaseException]
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Upload(NamedTuple):
@@ -37,8 +39,13 @@ def _parameters_bytes(parameters: Parameters) -> int:
 
 
 def one_line(error: BaseException | str, limit: int = 300) -> str:
-    """An error message as one line of at most ``limit`` characters."""
-    return " ".join(str(error).split())[:limit]
+    """An error message as one line of at most ``limit`` characters: its start and its end, where a wrapped
+    exception (a client's, inside Ray's and Flower's wrappers) keeps its own message."""
+    text = " ".join(_ANSI_ESCAPE.sub("", str(error)).split())
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return f"{text[:head]} ... {text[-(limit - head - 5):]}"
 
 
 def _number(value: Any) -> float | None:

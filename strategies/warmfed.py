@@ -116,14 +116,21 @@ class WarmFedStrategy(RecordingFedAvg):
         return named
 
     def record_left_out(self, accepted: list[Upload]) -> None:
-        """A ``domain_left_out`` event for every expected client without a valid round-0 upload."""
-        refused = {e["client"]: e["reason"] for e in self.recorder.events
-                   if e["kind"] == "upload_refused" and e.get("round") == 0}
+        """A ``domain_left_out`` event for every expected client without a valid round-0 upload, with the refusal
+        or, when only one client sent nothing, the failure as its reason."""
+        round_zero = [e for e in self.recorder.events if e.get("round") == 0]
+        refused = {e["client"]: e["reason"] for e in round_zero if e["kind"] == "upload_refused"}
+        failed = [e["reason"] for e in round_zero if e["kind"] == "client_failed"]
         sent = {upload.client for upload in accepted}
+        silent = [domain for domain in self.domains if domain not in sent and domain not in refused]
         for domain in self.domains:
-            if domain not in sent:
-                reason = f"upload refused: {refused[domain]}" if domain in refused else "no reply (failed or timed out)"
-                self.recorder.event("domain_left_out", round=0, domain=domain, reason=reason)
+            if domain in refused:
+                reason = f"upload refused: {refused[domain]}"
+            elif domain in silent:
+                reason = f"failed: {failed[0]}" if len(silent) == len(failed) == 1 else "no reply (failed or timed out)"
+            else:
+                continue
+            self.recorder.event("domain_left_out", round=0, domain=domain, reason=reason)
 
     @one_line_errors
     def _warm_start(self, accepted: list[Upload]) -> tuple[Parameters | None, dict[str, Scalar]]:

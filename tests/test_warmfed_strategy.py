@@ -205,7 +205,7 @@ def test_missing_or_refused_clients_leave_their_domain_out(uploads, tiny_pipelin
     left_out = {e["domain"]: e["reason"] for e in recorder.events if e["kind"] == "domain_left_out"}
     assert set(left_out) == {"b", "c"}
     assert left_out["b"].startswith("upload refused") and "NaN" in left_out["b"]
-    assert left_out["c"].startswith("no reply")
+    assert left_out["c"] == "failed: client c raised"
     row = next(r for r in recorder.rounds if r["round"] == 0)
     assert (row["clients_accepted"], row["clients_refused"], row["clients_failed"]) == (1, 1, 1)
 

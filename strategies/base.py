@@ -49,8 +49,8 @@ def one_line(error: BaseException | str, limit: int = 300) -> str:
 
 
 def _number(value: Any) -> float | None:
-    """A client-reported metric as a float, or None when it is not a number."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """A client-reported metric as a float, or None when it is not a finite number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
@@ -164,7 +164,7 @@ class RecordingFedAvg(FedAvg):
             "clients_failed": failed,
             "bytes_up": sum(up),
             "bytes_up_per_client": max(up, default=0),
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            **({"train_loss": float(np.mean(losses))} if losses else {}),
         })
 
     def enough_uploads(self, server_round: int, accepted: list[Upload]) -> bool:

@@ -99,8 +99,12 @@ def flwr_run(
 
 
 def read_metrics(run_dir: Path) -> dict:
-    """The metrics.json a finished run wrote."""
-    return json.loads((run_dir / "metrics.json").read_text())
+    """The metrics.json a finished run wrote; NaN or Infinity in it (not strict JSON) fails the test."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"metrics.json holds {constant}, which strict JSON readers reject")
+
+    return json.loads((run_dir / "metrics.json").read_text(), parse_constant=refuse)
 
 
 def start_supernode(procs: Processes, superlink_port: int, partition_id: int, num_partitions: int,

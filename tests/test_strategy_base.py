@@ -1,6 +1,7 @@
 """Rounds >= 1 through the strategy's aggregate_fit, without a Flower run: hostile uploads are refused, the round
 goes on with the others, and too few valid uploads keep the previous global model."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -112,6 +113,14 @@ def test_a_failure_names_the_client_that_sent_nothing(tmp_path):
 def test_non_numeric_metrics_do_not_break_the_round(tmp_path):
     strat, recorder = strategy(tmp_path)
     proxy, res = fit_res(weights(1.0), "good")
-    res.metrics.update({"train_loss": "lots", "dsd_share_t1": b"x"})
+    res.metrics.update({"train_loss": "lots", "dsd_share_t1": b"x", "dsd_share_t2": float("nan")})
     assert strat.aggregate_fit(2, [(proxy, res)], [])[0] is not None
-    assert np.isnan(recorder.rounds[-1]["train_loss"]) and "dsd_share_t1" not in recorder.rounds[-1]
+    assert not {"train_loss", "dsd_share_t1", "dsd_share_t2"} & recorder.rounds[-1].keys()
+
+
+def test_metrics_file_is_strict_json(tmp_path):
+    recorder = RunRecorder(tmp_path, {"seed": 0})
+    recorder.record_round(1, {"global_acc_pooled": float("nan"), "personal_acc_mean": np.float32(0.5)})
+    text = (tmp_path / "metrics.json").read_text()
+    row = json.loads(text, parse_constant=lambda constant: pytest.fail(f"{constant} in metrics.json"))["rounds"][0]
+    assert row == {"round": 1, "global_acc_pooled": None, "personal_acc_mean": 0.5}

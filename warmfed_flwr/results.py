@@ -17,6 +17,19 @@ import yaml
 logger = logging.getLogger(__name__)
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and NaN or infinite floats as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -82,7 +95,7 @@ class RunRecorder:
         accounted = sum(self.stage_seconds.values())
         timing = {**self.stage_seconds, "other": max(total - accounted, 0.0), "total": total}
         doc = {"config": self.config, "rounds": self.rounds, "time_seconds": timing, "events": self.events}
-        _atomic_write(self.directory / "metrics.json", json.dumps(doc, indent=1, default=float))
+        _atomic_write(self.directory / "metrics.json", json.dumps(strict_json(doc), indent=1, allow_nan=False))
         columns = sorted({k for r in self.rounds for k in r}, key=lambda k: (k != "round", k))
         tmp = self.directory / "metrics.csv.tmp"
         with tmp.open("w", newline="") as handle:

@@ -74,7 +74,7 @@ class RecordingFedAvg(FedAvg):
         self.cfg = cfg
         self.recorder = recorder
         self.num_rounds = num_rounds
-        self._fit_started = 0.0
+        self._fit_started = self._eval_started = time.perf_counter()
         self.global_schema: list[tuple[tuple[int, ...], str]] = []
         self.sampled: list[str] = []
         self.client_names: dict[str, str] = {}
@@ -203,14 +203,37 @@ class RecordingFedAvg(FedAvg):
         """Per-domain and pooled global accuracy, and personalized accuracy over clients."""
         self.recorder.add_time("evaluation", time.perf_counter() - self._eval_started)
         algo_round = self.algorithm_round(server_round)
-        self.client_names.update({proxy.cid: str(res.metrics.get(protocol.CLIENT_NAME, proxy.cid))
-                                  for proxy, res in results})
-        record = {**evaluation_record(results), "clients_evaluated": len(results), "clients_eval_failed": len(failures)}
+        valid = self.screen_evaluate(algo_round, results)
+        record = {**evaluation_record(valid), "clients_evaluated": len(valid), "clients_eval_failed": len(failures),
+                  "clients_eval_refused": len(results) - len(valid)}
         self.recorder.record_round(algo_round, record)
         if server_round == self.num_rounds:
             logger.info("results written to %s\n%s", self.recorder.directory, self.recorder.finish())
         loss = record.get("global_loss_pooled")
         return (loss if isinstance(loss, float) else None), record
+
+
+    def screen_evaluate(
+        self, algo_round: int, results: list[tuple[ClientProxy, EvaluateRes]]
+    ) -> list[tuple[ClientProxy, EvaluateRes]]:
+        """The evaluation reports that pass :func:`payload.validate_evaluation`, one per client name; the others
+        are refused with a recorded ``eval_refused`` event."""
+        valid: list[tuple[ClientProxy, EvaluateRes]] = []
+        names: set[str] = set()
+        for proxy, res in results:
+            sender = self.client_names.get(proxy.cid, f"node {proxy.cid}")
+            try:
+                name = payload.validate_evaluation(res.metrics, res.num_examples, self.cfg.train.max_client_examples,
+                                                   sender)
+                if name in names:
+                    raise ValueError(f"a second evaluation claims to come from client '{name}'")
+            except Exception as exc:  # noqa: BLE001 - a bad report is refused, never fatal
+                self.recorder.event("eval_refused", round=algo_round, client=sender, reason=one_line(exc))
+                continue
+            names.add(name)
+            self.client_names[proxy.cid] = name
+            valid.append((proxy, res))
+        return valid
 
 
 def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]]) -> dict[str, Any]:

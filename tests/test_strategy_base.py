@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Code, EvaluateRes, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from strategies.baselines import FedAvgStrategy
 from strategies.warmfed import WarmFedStrategy
@@ -124,3 +124,32 @@ def test_metrics_file_is_strict_json(tmp_path):
     text = (tmp_path / "metrics.json").read_text()
     row = json.loads(text, parse_constant=lambda constant: pytest.fail(f"{constant} in metrics.json"))["rounds"][0]
     assert row == {"round": 1, "global_acc_pooled": None, "personal_acc_mean": 0.5}
+
+
+def eval_res(client: object, num_examples: object = 20, **metrics) -> tuple:
+    res = EvaluateRes(Status(Code.OK, ""), 0.3, num_examples, {protocol.CLIENT_NAME: client, **metrics})
+    return SimpleNamespace(cid=f"node-{client}"), res
+
+
+@pytest.mark.parametrize("hostile_report", [
+    eval_res("bad", global_acc=7.0, global_loss=0.1),
+    eval_res("bad", global_acc=float("nan"), global_loss=0.1),
+    eval_res("bad", global_acc=0.9, global_loss=-1.0),
+    eval_res("bad", global_acc=0.9),
+    eval_res("bad", personal_acc="all of them"),
+    eval_res("bad", num_examples=10**9, global_acc=0.9, global_loss=0.1),
+    eval_res("bad\x1b[31m" * 20, global_acc=0.9, global_loss=0.1),
+    eval_res(b"bad", global_acc=0.9, global_loss=0.1),
+    eval_res("good", global_acc=0.0, global_loss=0.1),
+], ids=["acc>1", "nan-acc", "negative-loss", "acc-without-loss", "text-acc", "absurd-examples", "escape-name",
+        "bytes-name", "duplicate-name"])
+def test_malformed_evaluation_is_refused_and_the_others_are_recorded(tmp_path, hostile_report):
+    strat, recorder = strategy(tmp_path)
+    good = eval_res("good", global_acc=0.8, global_loss=0.4, personal_acc=0.9)
+    _, metrics = strat.aggregate_evaluate(2, [good, hostile_report], [])
+    assert metrics["global_acc_pooled"] == pytest.approx(0.8)
+    assert metrics["personal_acc_mean"] == pytest.approx(0.9)
+    assert metrics["clients_evaluated"] == 1 and metrics["clients_eval_refused"] == 1
+    refused = [e for e in recorder.events if e["kind"] == "eval_refused"]
+    assert len(refused) == 1 and refused[0]["round"] == 2
+    assert not any(key.startswith("global_acc_bad") for key in recorder.rounds[-1])

@@ -7,10 +7,13 @@ listing each entry's name, shape and dtype. Nothing is ever pickled.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from warmfed_flwr import protocol
 from warmfed_flwr.errors import PayloadError
 
 FORMAT = "warmfed-bundle/1"
@@ -117,6 +120,31 @@ def validate_num_examples(num_examples: object, maximum: int, sender: str) -> No
             f"upload from {sender} claims {num_examples!r} training examples; accepted: 1 to {maximum} "
             "(train.max-client-examples)"
         )
+
+
+_CLIENT_NAME = re.compile(r"[\w .+-]{1,64}")
+_FRACTIONS = ("global_acc", "personal_acc")
+
+
+def validate_evaluation(metrics: Mapping[str, object], num_examples: object, maximum: int, sender: str) -> str:
+    """Refuse an evaluation report whose client name, accuracies (in [0, 1]), loss (finite, >= 0) or example
+    count is malformed; return the client name it reports."""
+    name = metrics.get(protocol.CLIENT_NAME)
+    if not isinstance(name, str) or not _CLIENT_NAME.fullmatch(name):
+        raise PayloadError(f"evaluation from {sender} names its client {str(name)[:80]!r}; expected 1-64 letters, "
+                           "digits, spaces or '_.+-'")
+    validate_num_examples(num_examples, maximum, sender)
+    for key in (*_FRACTIONS, "global_loss"):
+        if key not in metrics:
+            continue
+        value = metrics[key]
+        upper = 1.0 if key in _FRACTIONS else math.inf
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= upper:
+            raise PayloadError(f"evaluation from {name} reports {key} = {str(value)[:80]!r}; expected a number in "
+                               f"[0, {upper:g}]")
+    if "global_acc" in metrics and "global_loss" not in metrics:
+        raise PayloadError(f"evaluation from {name} reports global_acc without global_loss")
+    return name
 
 
 def nbytes(arrays: Sequence[np.ndarray]) -> int:

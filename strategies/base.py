@@ -124,7 +124,8 @@ class RecordingFedAvg(FedAvg):
     def screen_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
     ) -> list[Upload]:
-        """The uploads that pass :meth:`check_upload`; the others are refused with a recorded reason. Records the
+        """The uploads that pass :meth:`check_upload`, in client-name order so that the float sums of the average do
+        not depend on which client answered first; the others are refused with a recorded reason. Records the
         round's fit metrics and failures."""
         algo_round = self.algorithm_round(server_round)
         accepted: list[Upload] = []
@@ -139,7 +140,7 @@ class RecordingFedAvg(FedAvg):
                 self.recorder.event("upload_refused", round=algo_round, client=client, reason=one_line(exc))
         self.record_failures(algo_round, results, failures)
         self.record_fit(server_round, accepted, len(results) - len(accepted), len(failures))
-        return accepted
+        return sorted(accepted, key=lambda upload: upload.client)
 
     def record_failures(self, algo_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures) -> None:
         """One ``client_failed`` event per failure, naming the sampled clients that sent nothing."""

@@ -153,3 +153,13 @@ def test_malformed_evaluation_is_refused_and_the_others_are_recorded(tmp_path, h
     refused = [e for e in recorder.events if e["kind"] == "eval_refused"]
     assert len(refused) == 1 and refused[0]["round"] == 2
     assert not any(key.startswith("global_acc_bad") for key in recorder.rounds[-1])
+
+
+def test_average_does_not_depend_on_arrival_order(tmp_path):
+    uploads = [fit_res(weights(value), name) for value, name in ((1e8, "a"), (1.0, "b"), (-1e8, "c"))]
+    averages = []
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        strat, _ = strategy(tmp_path / str(order))
+        strat.sampled = [proxy.cid for proxy, _ in uploads]
+        averages.append(parameters_to_ndarrays(strat.aggregate_fit(2, [uploads[i] for i in order], [])[0]))
+    assert all(np.array_equal(a, b) for other in averages[1:] for a, b in zip(averages[0], other, strict=True))

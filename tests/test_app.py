@@ -38,6 +38,7 @@ def test_fedavg_through_flwr_run_writes_results(simulation, tmp_path, shared_cac
     assert "pooled" in summary and "mnistm" in summary
     assert (run / "accuracy.png").stat().st_size > 1000
     assert (run / "metrics.csv").read_text().startswith("round,")
+    assert f"results written to {run}" in done.stdout + done.stderr, "the run's INFO logs must reach the stream"
     assert "algorithm: fedavg" in (run / "config.yaml").read_text()
 
 

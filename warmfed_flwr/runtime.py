@@ -16,6 +16,7 @@ from warmfed_flwr.errors import ConfigError, WarmFedError
 
 logger = logging.getLogger("warmfed_flwr")
 T = TypeVar("T")
+PROJECT_PACKAGES = ("warmfed_flwr", "strategies", "clients")
 
 
 def absolute_path(key: str, value: str) -> Path:
@@ -38,6 +39,20 @@ def run_dir(cfg: ExperimentConfig) -> Path:
     """The directory this run writes its results to."""
     name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.experiment}-{cfg.algorithm}-s{cfg.seed}"
     return absolute_path("output-dir", cfg.output_dir) / name
+
+
+def show_logs_in_flower_output() -> None:
+    """Send the project's INFO logs through Flower's console handler, so `flwr run --stream` and `flwr log` show them.
+
+    Flower configures only its own logger; without a handler Python would drop the project's INFO records.
+    """
+    from flwr.common.logger import console_handler
+
+    for name in PROJECT_PACKAGES:
+        package_logger = logging.getLogger(name)
+        package_logger.setLevel(logging.INFO)
+        if console_handler not in package_logger.handlers:
+            package_logger.addHandler(console_handler)
 
 
 def one_line_errors(fn: Callable[..., T]) -> Callable[..., T]:

@@ -14,7 +14,7 @@ from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.data import Benchmark, load_benchmark
 from warmfed_flwr.models import build_model
 from warmfed_flwr.results import RunRecorder
-from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir
+from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir, show_logs_in_flower_output
 from warmfed_flwr.training import get_weights, resolve_device, seed_everything
 
 WARM_START = ("warmfed", "fgl")
@@ -55,6 +55,7 @@ def round_timeout(cfg: ExperimentConfig) -> float | None:
 @one_line_errors
 def server_fn(context: Context) -> ServerAppComponents:
     """Validate the config, load class names, build the strategy."""
+    show_logs_in_flower_output()
     cfg = resolve(dict(context.run_config))
     actor_recovery.install()
     seed_everything(cfg.seed)

@@ -13,6 +13,7 @@ from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.results import RunRecorder
+from warmfed_flwr.training import get_weights
 from warmfed_flwr.warmstart import WarmStartServer, balanced_subset, client_upload
 
 CLASSES = ["zero", "one", "two"]
@@ -51,6 +52,17 @@ def strategy(cfg, tmp_path, domains=()):
     recorder = RunRecorder(tmp_path / "run", cfg.to_flat())
     server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", recorder.directory)
     return WarmFedStrategy(cfg=cfg, recorder=recorder, num_rounds=3, server=server, domains=domains), recorder
+
+
+def test_warm_start_model_starts_from_the_seed_whatever_drew_before(tiny_pipeline_dir, tmp_path):
+    cfg = config(tiny_pipeline_dir, tmp_path)
+    torch.manual_seed(0)
+    first = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    torch.manual_seed(0)
+    torch.rand(1000)  # as building the foundation in the same process does
+    second = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    for a, b in zip(get_weights(first.model), get_weights(second.model), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_upload_holds_adapter_and_embeddings_only(uploads):

@@ -8,7 +8,7 @@ from torch.utils.data import ConcatDataset
 
 from warmfed_flwr.config import ExperimentConfig
 from warmfed_flwr.data import Benchmark
-from warmfed_flwr.models import build_model
+from warmfed_flwr.models import seeded_model
 from warmfed_flwr.training import get_weights, train_epochs
 
 
@@ -19,7 +19,7 @@ class CentralizedTrainer:
         self.cfg = cfg
         self.device = device
         self.pooled = ConcatDataset([client.train for client in benchmark.clients])
-        self.model = build_model(cfg.model, len(benchmark.class_names))
+        self.model = seeded_model(cfg.model, len(benchmark.class_names), cfg.seed)
 
     def train_round(self, server_round: int) -> None:
         """Train the pooled model for one round."""

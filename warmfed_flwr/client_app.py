@@ -9,7 +9,7 @@ from clients.base import FederatedClient, LocalOnlyClient
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import load_benchmark
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.runtime import cache_dir, one_line_errors, show_logs_in_flower_output
+from warmfed_flwr.runtime import cache_dir, one_line_errors
 from warmfed_flwr.training import resolve_device, seed_everything
 
 
@@ -25,7 +25,6 @@ def client_class(algorithm: str) -> type[FederatedClient]:
 @one_line_errors
 def client_fn(context: Context) -> Client:
     """Build this node's client from its partition-id."""
-    show_logs_in_flower_output()
     cfg = resolve(dict(context.run_config))
     partition_id = int(context.node_config.get("partition-id", 0))
     num_partitions = int(context.node_config.get("num-partitions", cfg.data.num_clients))

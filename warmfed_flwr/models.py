@@ -26,6 +26,13 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def seeded_model(cfg: ModelConfig, num_classes: int, seed: int) -> nn.Module:
+    """:func:`build_model` with initial weights drawn from ``seed`` alone, whatever drew from torch's RNG before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg, num_classes)
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """Build the configured classifier, loading ``cfg.pretrained_path`` when set."""
     if cfg.name == "cnn":

@@ -45,6 +45,7 @@ def show_logs_in_flower_output() -> None:
     """Send the project's INFO logs through Flower's console handler, so `flwr run --stream` and `flwr log` show them.
 
     Flower configures only its own logger; without a handler Python would drop the project's INFO records.
+    The ServerApp calls this; clients, built anew for every message, keep to warnings.
     """
     from flwr.common.logger import console_handler
 

@@ -12,7 +12,7 @@ from warmfed_flwr import actor_recovery
 from warmfed_flwr.centralized import CentralizedTrainer
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.data import Benchmark, load_benchmark
-from warmfed_flwr.models import build_model
+from warmfed_flwr.models import seeded_model
 from warmfed_flwr.results import RunRecorder
 from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir, show_logs_in_flower_output
 from warmfed_flwr.training import get_weights, resolve_device, seed_everything
@@ -27,7 +27,7 @@ def build_strategy(cfg: ExperimentConfig, benchmark: Benchmark, recorder: RunRec
     The generative stack is imported only by the algorithms that use it.
     """
     device = resolve_device(cfg.device)
-    initial = ndarrays_to_parameters(get_weights(build_model(cfg.model, len(benchmark.class_names))))
+    initial = ndarrays_to_parameters(get_weights(seeded_model(cfg.model, len(benchmark.class_names), cfg.seed)))
     common = {"cfg": cfg, "recorder": recorder, "num_rounds": num_server_rounds(cfg), "initial_parameters": initial}
     if cfg.algorithm in WARM_START:
         from strategies.fgl import FGLStrategy

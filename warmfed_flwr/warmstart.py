@@ -22,7 +22,7 @@ from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adap
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import cached_synthesis, save_grid, synthesis_key, synthesize
-from warmfed_flwr.models import build_model
+from warmfed_flwr.models import seeded_model
 from warmfed_flwr.training import get_weights, set_weights, train_epochs
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class WarmStartServer:
         self.output_dir = output_dir
         base = resolve_base(cfg.generator, cache_dir, cfg.data.image_size)
         self.pipe = load_pipeline(base, device, cfg.generator.dtype)
-        self.model = build_model(cfg.model, len(class_names))
+        self.model = seeded_model(cfg.model, len(class_names), cfg.seed)
         self.synthetic: SyntheticSet | None = None
         self.subset: TensorDataset | None = None
         self.synthesis_keys: dict[str, str] = {}

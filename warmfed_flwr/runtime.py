@@ -52,8 +52,7 @@ def show_logs_in_flower_output() -> None:
     for name in PROJECT_PACKAGES:
         package_logger = logging.getLogger(name)
         package_logger.setLevel(logging.INFO)
-        if console_handler not in package_logger.handlers:
-            package_logger.addHandler(console_handler)
+        package_logger.addHandler(console_handler)
 
 
 def one_line_errors(fn: Callable[..., T]) -> Callable[..., T]:

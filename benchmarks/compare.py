@@ -57,14 +57,25 @@ except ModuleNotFoundError:  # Python 3.10
 from tests.flower_harness import ROOT, Processes, descendant_groups, end_groups, flwr_run, read_metrics, start_superlink
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.errors import ConfigError
+from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX
 
+NO_SYNTHETIC_FINETUNING = {"warmfed.client-syn-finetune": False, "warmfed.server-finetune": False}
 SUITES: dict[str, dict[str, dict[str, Any]]] = {
     "global": {
         "WarmFed": {"algorithm": "warmfed"},
         "FGL": {"algorithm": "fgl"},
         "FedAvg (5 rounds)": {"algorithm": "fedavg"},
         "FedAvg (25 rounds)": {"algorithm": "fedavg", "train.rounds": 25},
+        "Warm start + FedAvg": {"algorithm": "warmfed", **NO_SYNTHETIC_FINETUNING},
         "Centralized": {"algorithm": "centralized"},
+    },
+    "ablation": {
+        "WarmFed": {"algorithm": "warmfed"},
+        "without server synthetic FT": {"algorithm": "warmfed", "warmfed.server-finetune": False},
+        "without client synthetic FT": {"algorithm": "warmfed", "warmfed.client-syn-finetune": False},
+        "Warm start + FedAvg": {"algorithm": "warmfed", **NO_SYNTHETIC_FINETUNING},
+        "synthetic lr x1 (the paper read literally)": {"algorithm": "warmfed", "warmfed.syn-lr-scale": 1.0},
+        "subset ratio 0.5": {"algorithm": "warmfed", "synthesis.subset-ratio": 0.5},
     },
     "personal": {
         "WarmFed + DSD": {"algorithm": "warmfed", "personalization.method": "dsd"},
@@ -367,6 +378,7 @@ def final_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
         "final_round": rounds[-1]["round"],
         "final": rounds[-1],
         "one_shot_pooled": round0.get("global_acc_pooled") if round0 else None,
+        "round1_pooled": next((row.get("global_acc_pooled") for row in rounds if row["round"] == 1), None),
         "best_pooled": best_pooled,
         "best_pooled_round": best_pooled_round,
         "best_personal": best_personal,
@@ -376,6 +388,8 @@ def final_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
         "time_seconds": metrics.get("time_seconds", {}),
         "events": [event.get("kind") for event in metrics.get("events", [])],
         "domains": metrics.get("config", {}).get("data.domains", ""),
+        "synthetic_quality": {key.removeprefix(SYNTHETIC_QUALITY_PREFIX): value for key, value in (round0 or {}).items()
+                              if key.startswith(SYNTHETIC_QUALITY_PREFIX)},
     }
 
 
@@ -486,11 +500,12 @@ def global_row(name: str, records: list[dict[str, Any]], domains: list[str]) -> 
     ok = [r for r in records if r["status"] == "ok"]
     if not ok:
         status = "/".join(sorted({r["status"] for r in records}))
-        return [name] + [status] * (6 + len(domains))
+        return [name] + [status] * (7 + len(domains))
     warm = any(r["one_shot_pooled"] is not None for r in ok)
     return [
         method_cell(name, records),
         pct_cell([r["one_shot_pooled"] for r in ok]) if warm else "-",
+        pct_cell([r["round1_pooled"] for r in ok]),
         pct_cell(final_values(ok, "global_acc_pooled")),
         best_cell([r["best_pooled"] for r in ok], [r["best_pooled_round"] for r in ok]),
         *[pct_cell(final_values(ok, f"global_acc_{d}")) for d in domains],
@@ -547,9 +562,25 @@ def global_table(records: list[dict[str, Any]]) -> list[str]:
     """The global-model table."""
     ok = [r for r in records if r["status"] == "ok"]
     domains = client_names(ok, "global_acc_")
-    header = ["method", "one-shot pooled (r0)", "final pooled", "best pooled (round)",
+    header = ["method", "one-shot pooled (r0)", "pooled after round 1", "final pooled", "best pooled (round)",
               *[f"{d} final" for d in domains], "upload/client, all rounds", "upload/client, r0", "wall-clock s"]
     return markdown_table(header, [global_row(n, rs, domains) for n, rs in by_variant(records).items()])
+
+
+def quality_table(records: list[dict[str, Any]]) -> list[str]:
+    """Per-domain synthetic data quality of the warm-start variants ([] when no run recorded it)."""
+    ok = [r for r in records if r["status"] == "ok" and r.get("synthetic_quality")]
+    if not ok:
+        return []
+    domains = sorted({d for r in ok for d in r["synthetic_quality"]})
+    rows = []
+    for name, group in by_variant(ok).items():
+        means = [statistics.fmean(r["synthetic_quality"].values()) for r in group]
+        rows.append([name, *[pct_cell([r["synthetic_quality"].get(d) for r in group]) for d in domains],
+                     pct_cell(means)])
+    return ["", "Synthetic data quality per client domain (a classifier trained on that client's synthetic images "
+            "only, tested on its real test split; %):", "",
+            *markdown_table(["method", *domains, "mean"], rows)]
 
 
 def personal_table(records: list[dict[str, Any]]) -> list[str]:
@@ -585,7 +616,7 @@ def run_dirs_note(records: list[dict[str, Any]], run_root: Path) -> list[str]:
 
 def header_lines(ctx: Context, records: list[dict[str, Any]]) -> list[str]:
     """Command, date, machine and seeds above the table."""
-    title = "Global model" if ctx.suite == "global" else "Personalized models"
+    title = {"global": "Global model", "ablation": "WarmFed ablation", "personal": "Personalized models"}[ctx.suite]
     seeds = ", ".join(map(str, ctx.seeds))
     spread = ("single seed: each cell is that run's value, no std" if len(ctx.seeds) == 1
               else "each cell is mean ± population std over seeds")
@@ -605,7 +636,7 @@ def notes_lines(ctx: Context, records: list[dict[str, Any]]) -> list[str]:
     """The notes below the table."""
     common = ("Final = the last round; best = the maximum over all evaluated rounds of each seed (never mixed "
               "with final), with the round(s) reached in.")
-    if ctx.suite == "global":
+    if ctx.suite != "personal":
         specific = ("One-shot = round 0 of the warm-start methods (before any federated round). Upload/client = "
                     "the largest client upload of each round (bytes_up_per_client) summed over rounds; r0 = the "
                     "round-0 upload (adapter + prompt embeddings), included in the total; n/a = centralized (no "
@@ -629,7 +660,7 @@ def notes_lines(ctx: Context, records: list[dict[str, Any]]) -> list[str]:
 
 def render(ctx: Context, records: list[dict[str, Any]]) -> str:
     """The whole markdown document."""
-    table = global_table(records) if ctx.suite == "global" else personal_table(records)
+    table = personal_table(records) if ctx.suite == "personal" else global_table(records) + quality_table(records)
     return "\n".join([*header_lines(ctx, records), *table, *notes_lines(ctx, records)])
 
 

@@ -9,6 +9,7 @@ from torch.utils.data import TensorDataset
 from clients.base import FederatedClient
 from clients.state import load_arrays, save_arrays
 from warmfed_flwr import faults, payload, protocol
+from warmfed_flwr.data.partition import MIXED_DOMAIN
 from warmfed_flwr.warmstart import client_upload, from_uint8, globalize_client
 
 SUBSET = "synthetic-subset"
@@ -37,11 +38,16 @@ class WarmFedClient(FederatedClient):
 
     def warmup(self) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Round 0: LoRA-adapt the generator (when enabled) and send adapter and class prompt embeddings."""
-        phrase = str(self.context.node_config.get("domain-phrase", ""))
+        phrase = str(self.context.node_config.get("domain-phrase", "")) or self.default_domain_phrase()
         named, timings = client_upload(self.cfg, self.split, self.class_names, self.device, self.cache_dir, phrase)
         metrics = {**self.identity(), protocol.CLASS_NAMES: ",".join(self.class_names), **timings}
         named, num_examples = faults.inject(self.cfg, self.partition_id, 0, named, len(self.split.train))
         return payload.encode(named), num_examples, metrics
+
+    def default_domain_phrase(self) -> str:
+        """The client's domain name when ``generator.domain-prompts`` is on and the client holds one domain."""
+        domain = self.split.domain
+        return domain if self.cfg.generator.domain_prompts and domain != MIXED_DOMAIN else ""
 
     def synthetic_subset(self) -> TensorDataset | None:
         """The synthetic subset the server sent once, kept in state."""

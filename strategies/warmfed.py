@@ -12,10 +12,12 @@ from typing import Any
 from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
+from torch.utils.data import Dataset
 
 from strategies.base import Failures, RecordingFedAvg, Upload
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.errors import FederationError, PayloadError
+from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX
 from warmfed_flwr.runtime import one_line_errors
 from warmfed_flwr.warmstart import WarmStartServer
 
@@ -26,9 +28,12 @@ class WarmFedStrategy(RecordingFedAvg):
 
     first_round = 0
 
-    def __init__(self, *args: Any, server: WarmStartServer, domains: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(self, *args: Any, server: WarmStartServer, domains: Sequence[str] = (),
+                 quality_tests: dict[str, Dataset] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.server = server
+        self.quality_tests = quality_tests or {}
+        """Real test splits by client name, to score each client's synthetic images (a simulation diagnostic)."""
         self.domains = list(domains)
         """The client names expected in round 0 (the benchmark's domains); empty: any name is taken."""
         self.max_upload_bytes = int(self.cfg.synthesis.max_upload_mb * 2**20)
@@ -98,7 +103,8 @@ class WarmFedStrategy(RecordingFedAvg):
         if aggregated is None:
             return None, metrics
         started = time.perf_counter()
-        weights = self.server.finetune(parameters_to_ndarrays(aggregated), self.algorithm_round(server_round))
+        uploads = [parameters_to_ndarrays(upload.res.parameters) for upload in accepted]
+        weights = self.server.finetune(parameters_to_ndarrays(aggregated), self.algorithm_round(server_round), uploads)
         self.recorder.add_time("server_finetune", time.perf_counter() - started)
         return ndarrays_to_parameters(weights), metrics
 
@@ -147,10 +153,16 @@ class WarmFedStrategy(RecordingFedAvg):
         started = time.perf_counter()
         weights = self.server.train_warm_start()
         self.recorder.add_time("warm_start_training", time.perf_counter() - started)
+        quality = {}
+        if self.quality_tests:
+            started = time.perf_counter()
+            quality = self.server.synthetic_quality(self.quality_tests)
+            self.recorder.add_time("synthetic_quality", time.perf_counter() - started)
         self.recorder.record_round(0, {
             "clients_accepted": len(accepted),
             "synthetic_images": len(synthetic.labels),
             "synthetic_subset": len(self.server.subset) if self.server.subset is not None else 0,
             "classifier_bytes": payload.nbytes(weights),
+            **{f"{SYNTHETIC_QUALITY_PREFIX}{client}": accuracy for client, accuracy in quality.items()},
         })
         return ndarrays_to_parameters(weights), {}

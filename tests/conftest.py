@@ -12,7 +12,7 @@ def shared_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """An untrained tiny Stable Diffusion pipeline saved in diffusers format, as a real checkpoint would be."""
-    from warmfed_flwr.generative.foundation import build_tiny_pipeline
+    from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
 
     directory = tmp_path_factory.mktemp("tiny-sd")
     build_tiny_pipeline(seed=0).save_pretrained(directory)

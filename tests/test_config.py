@@ -63,6 +63,11 @@ def test_int_is_accepted_for_float_keys():
         ({"generator.prompt-template": "a photo"}, ["generator.prompt-template", "{label}"]),
         ({"experiment": "nope"}, ["experiment", "nope", "warmfed"]),
         ({"algorithm": "local", "personalization.method": "dsd"}, ["personalization.method"]),
+        ({"warmfed.syn-bn-stats": "thawed"}, ["warmfed.syn-bn-stats", "thawed", "frozen", "update"]),
+        ({"warmfed.client-syn-mode": "after"}, ["warmfed.client-syn-mode", "after", "before", "mixed"]),
+        ({"warmfed.syn-lr-scale": -0.5}, ["warmfed.syn-lr-scale", "negative"]),
+        ({"generator.domain-prompts": "yes"}, ["generator.domain-prompts", "true or false"]),
+        ({"synthesis.quality-check": 1}, ["synthesis.quality-check", "true or false"]),
     ],
 )
 def test_bad_values_name_the_key_in_one_line(overrides, names):
@@ -85,3 +90,10 @@ def test_fgl_turns_adapters_and_client_synthetic_finetuning_off():
     cfg = resolve({"algorithm": "fgl"})
     assert not cfg.lora.enabled and not cfg.warmfed.client_syn_finetune
     assert cfg.warmfed.server_finetune
+
+
+def test_synthetic_finetuning_overrides_reach_the_config():
+    w = resolve({"warmfed.syn-bn-stats": "frozen", "warmfed.syn-lr-scale": 0.3, "warmfed.client-syn-mode": "mixed",
+                 "warmfed.server-ft-target": "ensemble"}).warmfed
+    assert (w.syn_bn_stats, w.syn_lr_scale, w.client_syn_mode, w.server_ft_target) == ("frozen", 0.3, "mixed",
+                                                                                          "ensemble")

@@ -17,14 +17,8 @@ from torch.utils.data import TensorDataset
 from warmfed_flwr.config import GeneratorConfig, LoraConfig
 from warmfed_flwr.errors import GeneratorError, PayloadError
 from warmfed_flwr.generative import foundation, lora, pipeline
-from warmfed_flwr.generative.foundation import (
-    VOCABULARY,
-    FoundationSpec,
-    build_tiny_pipeline,
-    ensure_foundation,
-    foundation_key,
-    pretrain_foundation,
-)
+from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation, foundation_key
+from warmfed_flwr.generative.foundation_training import pretrain_foundation
 from warmfed_flwr.generative.lora import (
     adapter_schema,
     add_lora,
@@ -36,6 +30,8 @@ from warmfed_flwr.generative.lora import (
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import cached_synthesis, save_grid, synthesis_key, synthesize
+from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
+from warmfed_flwr.generative.tokenizer import MAX_TOKENS, VOCABULARY, build_tokenizer
 
 CPU = torch.device("cpu")
 NAMES = ["zero", "one", "two"]
@@ -142,7 +138,7 @@ def test_load_pipeline_offline_hub_id_fails_cleanly() -> None:
 
 
 def test_tokenizer_words_and_round_trip(pipe) -> None:
-    built = foundation.build_tokenizer()
+    built = build_tokenizer()
     for word in ["zero", "seven", "photo", "handwritten"]:
         assert len(built(word).input_ids) == 3, word
     assert all(len(built(word).input_ids) == 3 for word in VOCABULARY)
@@ -150,14 +146,14 @@ def test_tokenizer_words_and_round_trip(pipe) -> None:
     ids = built(text).input_ids
     assert pipe.tokenizer(text).input_ids == ids
     assert built.unk_token_id not in ids[1:-1]
-    assert pipe.tokenizer.model_max_length == foundation.MAX_TOKENS
+    assert pipe.tokenizer.model_max_length == MAX_TOKENS
 
 
 def test_prompts_and_embeddings(pipe) -> None:
     prompts = class_prompts(TEMPLATE, NAMES, domain_phrase="handwritten")
     assert prompts[1] == "a photo of a one, handwritten"
     emb = prompt_embeddings(pipe, prompts)
-    assert emb.shape == (3, foundation.MAX_TOKENS, 32) and emb.dtype == torch.float32 and emb.device == CPU
+    assert emb.shape == (3, MAX_TOKENS, 32) and emb.dtype == torch.float32 and emb.device == CPU
     with pytest.raises(GeneratorError, match="placeholder"):
         class_prompts("a photo of a {class}", NAMES)
 
@@ -196,7 +192,7 @@ def test_exported_adapter_keeps_alpha_scale(pipe) -> None:
     cfg = LoraConfig(rank=2, alpha=8.0, targets="to_q,to_v,conv2")
     unet = pipe.unet
     sample = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    context = torch.randn(2, foundation.MAX_TOKENS, 32, generator=torch.Generator().manual_seed(1))
+    context = torch.randn(2, MAX_TOKENS, 32, generator=torch.Generator().manual_seed(1))
     add_lora(unet, cfg, "scaled")
     try:
         with torch.no_grad():

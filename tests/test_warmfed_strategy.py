@@ -1,5 +1,6 @@
 """WarmFed round 0 and globalization through the Strategy and client steps, without a Flower run."""
 
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,13 +9,24 @@ import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from torch.utils.data import TensorDataset
 
+from clients import warmfed as client_module
+from clients.warmfed import WarmFedClient
 from strategies.warmfed import WarmFedStrategy
-from warmfed_flwr import payload, protocol
+from warmfed_flwr import payload, protocol, warmstart
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import ClientSplit
-from warmfed_flwr.results import RunRecorder
-from warmfed_flwr.training import get_weights
-from warmfed_flwr.warmstart import WarmStartServer, balanced_subset, client_upload
+from warmfed_flwr.data.partition import MIXED_DOMAIN
+from warmfed_flwr.models import SmallCNN, seeded_model
+from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX, RunRecorder, summarize
+from warmfed_flwr.training import get_weights, predict_logits, set_weights
+from warmfed_flwr.warmstart import (
+    WarmStartServer,
+    balanced_subset,
+    client_upload,
+    from_uint8,
+    globalize_client,
+    to_uint8,
+)
 
 CLASSES = ["zero", "one", "two"]
 
@@ -48,10 +60,11 @@ def uploads(tiny_pipeline_dir, tmp_path_factory):
             for i, name in enumerate(["a", "b"])}
 
 
-def strategy(cfg, tmp_path, domains=()):
+def strategy(cfg, tmp_path, domains=(), **kwargs):
     recorder = RunRecorder(tmp_path / "run", cfg.to_flat())
     server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", recorder.directory)
-    return WarmFedStrategy(cfg=cfg, recorder=recorder, num_rounds=3, server=server, domains=domains), recorder
+    return WarmFedStrategy(cfg=cfg, recorder=recorder, num_rounds=3, server=server, domains=domains,
+                           **kwargs), recorder
 
 
 def test_warm_start_model_starts_from_the_seed_whatever_drew_before(tiny_pipeline_dir, tmp_path):
@@ -243,3 +256,298 @@ def test_round_zero_with_too_few_valid_uploads_stops_with_one_line(uploads, tiny
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("FederationError: round 0 got 1 valid upload(s) (a), fewer than train.min-fit-clients = 2")
     assert [e["domain"] for e in recorder.events if e["kind"] == "domain_left_out"] == ["b"]
+
+
+# --- synthetic fine-tuning: BatchNorm statistics, learning-rate scale, client mode -----------------------------
+
+def _bn_buffer_index(model: torch.nn.Module) -> list[int]:
+    names = list(model.state_dict())
+    return [i for i, k in enumerate(names) if k.rsplit(".", 1)[-1] in ("running_mean", "running_var",
+                                                                       "num_batches_tracked")]
+
+
+def _synthetic_subset(n: int = 12, seed: int = 7) -> TensorDataset:
+    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return TensorDataset(from_uint8(to_uint8(images)), torch.arange(n) % 3)
+
+
+@pytest.mark.parametrize("bn_stats", ["frozen", "update"])
+def test_server_finetune_keeps_or_moves_batchnorm_statistics(tiny_pipeline_dir, tmp_path, bn_stats):
+    cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.syn-bn-stats": bn_stats})
+    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    server.subset = _synthetic_subset()
+    bn = _bn_buffer_index(server.model)
+    weights = [w.copy() for w in get_weights(server.model)]  # on the CPU get_weights aliases the model's tensors
+    for i in bn:  # statistics "from real data": not the defaults a fresh model carries
+        weights[i] = weights[i] + 0.5 if weights[i].dtype.kind == "f" else weights[i] + 3
+    tuned = server.finetune([w.copy() for w in weights], 1)
+    assert len(bn) == 6
+    same = [np.array_equal(weights[i], tuned[i]) for i in bn]
+    assert all(same) if bn_stats == "frozen" else not any(same)
+    params = [i for i in range(len(weights)) if i not in bn]
+    assert any(not np.array_equal(weights[i], tuned[i]) for i in params)
+
+
+def _record_train_epochs(monkeypatch) -> list[dict]:
+    calls: list[dict] = []
+
+    def fake(model, dataset, **kwargs):
+        calls.append({"dataset": dataset, "len": len(dataset), **kwargs})
+        return 0.25
+
+    monkeypatch.setattr(warmstart, "train_epochs", fake)
+    return calls
+
+
+def test_server_finetune_scales_the_learning_rate(tiny_pipeline_dir, tmp_path, monkeypatch):
+    cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.syn-lr-scale": 0.25, "train.lr": 0.08})
+    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    server.subset = _synthetic_subset()
+    calls = _record_train_epochs(monkeypatch)
+    server.finetune(get_weights(server.model), 1)
+    assert len(calls) == 1 and calls[0]["dataset"] is server.subset
+    assert calls[0]["lr"] == pytest.approx(0.02) and calls[0]["freeze_bn_stats"] is False
+
+
+def _globalize_config(**overrides):
+    return resolve({"device": "cpu", "train.lr": 0.08, "warmfed.syn-lr-scale": 0.5, "warmfed.client-syn-epochs": 2,
+                    "train.local-epochs": 3, **overrides})
+
+
+def test_client_syn_mode_before_trains_on_the_subset_then_on_private_data(monkeypatch):
+    calls = _record_train_epochs(monkeypatch)
+    private, subset = split("a", 0), _synthetic_subset()
+    loss = globalize_client(SmallCNN(3), subset, private, _globalize_config(), torch.device("cpu"), seed=5)
+    assert loss == 0.25
+    assert [c["dataset"] for c in calls] == [subset, private.train]
+    first, second = calls
+    assert (first["epochs"], first["lr"], first["freeze_bn_stats"], first["seed"]) == (2, pytest.approx(0.04), True, 5)
+    assert (second["epochs"], second["lr"], second.get("freeze_bn_stats", False), second["seed"]) == (3, 0.08, False, 6)
+
+
+@pytest.mark.parametrize("client_syn", [True, False])
+def test_client_syn_mode_mixed_is_one_pass_over_private_and_subset(monkeypatch, client_syn):
+    calls = _record_train_epochs(monkeypatch)
+    private, subset = split("a", 0), _synthetic_subset()
+    cfg = _globalize_config(**{"warmfed.client-syn-mode": "mixed", "warmfed.client-syn-finetune": client_syn})
+    globalize_client(SmallCNN(3), subset, private, cfg, torch.device("cpu"), seed=5)
+    assert len(calls) == 1
+    (call,) = calls
+    assert (call["epochs"], call["lr"], call["seed"]) == (3, 0.08, 6)
+    if not client_syn:
+        assert call["dataset"] is private.train
+        return
+    assert call["len"] == len(private.train) + len(subset) == 36
+    dataset = call["dataset"]
+    for i in (0, len(private.train) - 1):
+        assert all(torch.equal(a, b) for a, b in zip(dataset[i], private.train[i], strict=True))
+    for i in (0, len(subset) - 1):
+        assert all(torch.equal(a, b) for a, b in zip(dataset[len(private.train) + i], subset[i], strict=True))
+
+
+def test_client_syn_mode_mixed_trains_a_real_model_differently_from_private_only():
+    private, subset = split("a", 0), _synthetic_subset()
+    results = {}
+    for mode, client_syn in [("mixed", True), ("mixed", False)]:
+        model = seeded_model(resolve({}).model, 3, seed=0)
+        cfg = _globalize_config(**{"warmfed.client-syn-mode": mode, "warmfed.client-syn-finetune": client_syn,
+                                   "train.local-epochs": 1})
+        loss = globalize_client(model, subset, private, cfg, torch.device("cpu"), seed=5)
+        assert np.isfinite(loss)
+        results[client_syn] = get_weights(model)
+    assert any(not np.array_equal(a, b) for a, b in zip(results[True], results[False], strict=True))
+
+
+# --- round-0 upload cache ----------------------------------------------------------------------------------------
+
+def _upload(cfg, cache, phrase="", data_seed=0):
+    return client_upload(cfg, split("a", data_seed), CLASSES, torch.device("cpu"), cache, phrase)
+
+
+def _assert_same_arrays(first: dict, second: dict) -> None:
+    assert set(first) == set(second)
+    for key in first:
+        assert first[key].dtype == second[key].dtype
+        np.testing.assert_array_equal(first[key], second[key])
+
+
+def _counting_lora(monkeypatch) -> list:
+    real, calls = warmstart.finetune_lora, []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("domain_phrase"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(warmstart, "finetune_lora", counted)
+    return calls
+
+
+def test_client_upload_is_cached_and_repeated_exactly(tiny_pipeline_dir, tmp_path, monkeypatch):
+    cfg = config(tiny_pipeline_dir, tmp_path)
+    calls = _counting_lora(monkeypatch)
+    first, timings = _upload(cfg, tmp_path)
+    assert len(calls) == 1 and "lora_seconds" in timings
+    assert len(list((tmp_path / "uploads").glob("*.npz"))) == 1
+
+    def no_lora(*args, **kwargs):
+        raise AssertionError("LoRA ran again although the upload is cached")
+
+    monkeypatch.setattr(warmstart, "finetune_lora", no_lora)
+    second, _ = _upload(cfg, tmp_path)
+    _assert_same_arrays(first, second)
+    assert any(k.startswith(protocol.ADAPTER_PREFIX) for k in second)
+
+
+@pytest.mark.parametrize("change", ["seed", "domain-phrase", "train-split", "lora-rank"])
+def test_client_upload_cache_is_keyed_by_what_shapes_it(tiny_pipeline_dir, tmp_path, monkeypatch, change):
+    cfg = config(tiny_pipeline_dir, tmp_path)
+    calls = _counting_lora(monkeypatch)
+    first, _ = _upload(cfg, tmp_path)
+    if change == "seed":
+        second, _ = _upload(config(tiny_pipeline_dir, tmp_path, seed=cfg.seed + 1), tmp_path)
+    elif change == "domain-phrase":
+        second, _ = _upload(cfg, tmp_path, phrase="svhn")
+    elif change == "train-split":
+        second, _ = _upload(cfg, tmp_path, data_seed=1)
+    else:
+        second, _ = _upload(config(tiny_pipeline_dir, tmp_path, **{"lora.rank": 2}), tmp_path)
+    assert len(calls) == 2
+    assert len(list((tmp_path / "uploads").glob("*.npz"))) == 2
+    if change == "domain-phrase":
+        assert calls == ["", "svhn"]
+        assert not np.array_equal(first[protocol.EMBEDDINGS], second[protocol.EMBEDDINGS])
+    if change == "seed":
+        key = next(k for k in first if k.startswith(protocol.ADAPTER_PREFIX))
+        assert not np.array_equal(first[key], second[key])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_unreadable_upload_cache_is_made_again(tiny_pipeline_dir, tmp_path, monkeypatch, damage):
+    cfg = config(tiny_pipeline_dir, tmp_path)
+    calls = _counting_lora(monkeypatch)
+    first, _ = _upload(cfg, tmp_path)
+    (path,) = (tmp_path / "uploads").glob("*.npz")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00garbage" * 64)
+    second, _ = _upload(cfg, tmp_path)
+    assert len(calls) == 2
+    assert set(second) == set(first)
+    with np.load(path, allow_pickle=False) as stored:  # rewritten whole
+        assert set(stored.files) == set(first)
+    third, _ = _upload(cfg, tmp_path)
+    assert len(calls) == 2
+    _assert_same_arrays(second, third)
+
+
+# --- synthetic data quality ----------------------------------------------------------------------------------------
+
+def test_round_zero_records_synthetic_quality_per_client(uploads, tiny_pipeline_dir, tmp_path):
+    cfg = config(tiny_pipeline_dir, tmp_path)
+    tests = {"a": split("a", 0).test, "b": split("b", 1).test}
+    strat, recorder = strategy(cfg, tmp_path, quality_tests=tests)
+    strat._fit_started = 0.0
+    strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(uploads["b"], "b")], [])
+    row = next(r for r in recorder.rounds if r["round"] == 0)
+    quality = {k: v for k, v in row.items() if k.startswith(SYNTHETIC_QUALITY_PREFIX)}
+    assert set(quality) == {f"{SYNTHETIC_QUALITY_PREFIX}a", f"{SYNTHETIC_QUALITY_PREFIX}b"}
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in quality.values())
+    summary = summarize(recorder.rounds, cfg.to_flat(), recorder.stage_seconds)
+    assert "## Synthetic data quality per client" in summary
+
+
+def test_round_zero_without_quality_tests_records_no_quality(uploads, tiny_pipeline_dir, tmp_path):
+    cfg = config(tiny_pipeline_dir, tmp_path)
+    strat, recorder = strategy(cfg, tmp_path)
+    strat._fit_started = 0.0
+    strat.aggregate_fit(1, [fit_res(uploads["a"], "a")], [])
+    row = next(r for r in recorder.rounds if r["round"] == 0)
+    assert not any(k.startswith(SYNTHETIC_QUALITY_PREFIX) for k in row)
+    assert "Synthetic data quality" not in summarize(recorder.rounds, cfg.to_flat(), recorder.stage_seconds)
+
+
+def _separable(n: int, seed: int, shift: int = 0) -> TensorDataset:
+    """Class k: channel k bright; labels shifted by ``shift`` (a wrong labelling when not 0)."""
+    labels = torch.arange(n) % 3
+    images = 0.1 * torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    images[torch.arange(n), labels] += 0.8
+    return TensorDataset(images, (labels + shift) % 3)
+
+
+def test_synthetic_quality_judges_each_client_by_its_own_images(tiny_pipeline_dir, tmp_path):
+    cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.warm-epochs": 8, "train.batch-size": 8})
+    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    good, wrong = _separable(24, 0), _separable(24, 1, shift=1)
+    server._keep([("good", *good.tensors), ("wrong", *wrong.tensors), ("untested", *good.tensors)])
+    test = _separable(12, 2)
+    quality = server.synthetic_quality({"good": test, "wrong": test, "absent": test})
+    assert set(quality) == {"good", "wrong"}
+    assert quality["good"] >= 0.9 and quality["wrong"] <= 0.1
+
+
+def test_summary_shows_synthetic_quality_per_client_and_mean():
+    rounds = [{"round": 0, f"{SYNTHETIC_QUALITY_PREFIX}b": 0.25, f"{SYNTHETIC_QUALITY_PREFIX}a": 0.5},
+              {"round": 1, f"{SYNTHETIC_QUALITY_PREFIX}a": 0.0}]
+    lines = summarize(rounds, {"experiment": "warmfed"}, {}).splitlines()
+    at = lines.index("## Synthetic data quality per client (%)")
+    table = [line for line in lines[at:] if line.startswith("|")][:3]
+    assert table == ["| a | b | mean |", "|---|---|---|", "| 50.00 | 25.00 | 37.50 |"]
+
+
+# --- client domain phrase ------------------------------------------------------------------------------------------
+
+def _client(domain: str, domain_prompts: bool, node_phrase: str = "") -> WarmFedClient:
+    client = object.__new__(WarmFedClient)
+    client.cfg = resolve({"generator.domain-prompts": domain_prompts})
+    client.split = ClientSplit("client-0", domain, split("x", 0).train, split("x", 0).test)
+    client.context = SimpleNamespace(node_config={"domain-phrase": node_phrase} if node_phrase else {})
+    return client
+
+
+@pytest.mark.parametrize(("domain", "domain_prompts", "expected"), [
+    ("svhn", True, "svhn"), ("svhn", False, ""), (MIXED_DOMAIN, True, ""), (MIXED_DOMAIN, False, ""),
+])
+def test_default_domain_phrase(domain, domain_prompts, expected):
+    assert MIXED_DOMAIN == "mixed"
+    assert _client(domain, domain_prompts).default_domain_phrase() == expected
+
+
+@pytest.mark.parametrize(("node_phrase", "domain_prompts", "expected"), [
+    ("", True, "svhn"), ("street numbers", True, "street numbers"), ("street numbers", False, "street numbers"),
+    ("", False, ""),
+])
+def test_warmup_sends_the_node_phrase_else_the_domain(monkeypatch, node_phrase, domain_prompts, expected):
+    seen = []
+
+    def fake_upload(cfg, split_, class_names, device, cache_dir, phrase):
+        seen.append(phrase)
+        return {protocol.EMBEDDINGS: np.zeros((3, 4, 8), np.float32)}, {}
+
+    monkeypatch.setattr(client_module, "client_upload", fake_upload)
+    client = _client("svhn", domain_prompts, node_phrase)
+    client.class_names, client.device, client.cache_dir, client.partition_id = CLASSES, None, None, 0
+    client.warmup()
+    assert seen == [expected]
+
+
+def test_server_ensemble_distillation_moves_towards_the_clients_mean_logits(tiny_pipeline_dir, tmp_path):
+    cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.server-ft-target": "ensemble", "warmfed.server-ft-epochs": 5})
+    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    server.subset = _synthetic_subset()
+    start = [w.copy() for w in get_weights(server.model)]
+    teacher_model = copy.deepcopy(server.model)
+    torch.nn.init.zeros_(teacher_model.classifier[-1].weight)
+    with torch.no_grad():
+        teacher_model.classifier[-1].bias.copy_(torch.tensor([4.0, 0.0, 0.0]))  # a teacher that always says class 0
+    teacher = [w.copy() for w in get_weights(teacher_model)]
+    tuned = server.finetune([w.copy() for w in start], 1, [teacher, teacher])
+    set_weights(server.model, tuned)
+    predictions = predict_logits(server.model, server.subset, torch.device("cpu")).argmax(1)
+    assert (predictions == 0).float().mean() > 0.9  # the subset's labels are 0, 1, 2 in turn: labels were not learnt
+
+
+def test_server_ensemble_distillation_refuses_to_run_without_client_weights(tiny_pipeline_dir, tmp_path):
+    cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.server-ft-target": "ensemble"})
+    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    server.subset = _synthetic_subset()
+    with pytest.raises(ValueError, match="server-ft-target = ensemble"):
+        server.finetune(get_weights(server.model), 1)

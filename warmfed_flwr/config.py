@@ -78,7 +78,8 @@ class GeneratorConfig:
 
     base: str = "tiny"
     prompt_template: str = "a photo of a {label}"
-    foundation_steps: int = 1300
+    domain_prompts: bool = True
+    foundation_steps: int = 8000
     foundation_source: str = "digits"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
@@ -110,6 +111,7 @@ class SynthesisConfig:
     batch_size: int = 64
     subset_ratio: float = 0.2
     max_upload_mb: float = 16.0
+    quality_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,10 @@ class WarmFedConfig:
     server_ft_epochs: int = 1
     client_syn_finetune: bool = True
     server_finetune: bool = True
+    syn_bn_stats: Literal["frozen", "update"] = "update"
+    server_ft_target: Literal["labels", "ensemble"] = "labels"
+    syn_lr_scale: float = 0.1
+    client_syn_mode: Literal["before", "mixed"] = "before"
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,7 @@ class PersonalizationConfig:
     tau_end: float = 0.1
     selector_lr: float = 0.05
     selector_steps: int = 100
+    selector_sees_label: bool = True
     ditto_lambda: float = 0.1
 
 

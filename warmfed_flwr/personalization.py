@@ -73,15 +73,21 @@ def gumbel_tau(round_idx: int, total_rounds: int, tau_start: float, tau_end: flo
 class TeacherSelector(nn.Module):
     """Scores each candidate teacher per sample from the candidates' logits (WARMFED.md step 10)."""
 
-    def __init__(self, num_classes: int, num_candidates: int, hidden: int = 32) -> None:
+    def __init__(self, num_classes: int, num_candidates: int, hidden: int = 32, sees_label: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_candidates = num_candidates
-        # Per candidate: its softmax, max probability, normalized entropy and a one-hot of its slot (its age).
-        self.mlp = nn.Sequential(nn.Linear(num_classes + 2 + num_candidates, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.sees_label = sees_label
+        # Per candidate: its softmax, max probability, normalized entropy, a one-hot of its slot (its age) and,
+        # when the selector sees the label, the candidate's probability of the sample's true class.
+        width = num_classes + 2 + num_candidates + int(sees_label)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def features(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Per-candidate inputs [N, K, C + 2 + K]: softmax, max probability, normalized entropy, one-hot slot."""
+    def features(self, candidates: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-candidate inputs [N, K, C + 2 + K (+1)]: softmax, max probability, normalized entropy, one-hot slot
+        (and the true class's probability, which needs ``labels``)."""
+        if self.sees_label and labels is None:
+            raise ValueError("this selector sees the label: pass the samples' labels")
         n, k, c = candidates.shape
         if (k, c) != (self.num_candidates, self.num_classes):
             raise ValueError(
@@ -93,7 +99,11 @@ class TeacherSelector(nn.Module):
         max_prob = probs.amax(dim=-1, keepdim=True)
         entropy = -(probs * log_probs).sum(dim=-1, keepdim=True) / max(math.log(c), 1.0)
         slot = torch.eye(k, device=candidates.device, dtype=candidates.dtype).expand(n, k, k)
-        return torch.cat([probs, max_prob, entropy, slot], dim=-1)
+        parts = [probs, max_prob, entropy, slot]
+        if self.sees_label:
+            index = labels.to(candidates.device).long().view(n, 1, 1).expand(n, k, 1)
+            parts.append(probs.gather(-1, index))
+        return torch.cat(parts, dim=-1)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """Scores [N, K] from precomputed :meth:`features`."""
@@ -105,9 +115,14 @@ class TeacherSelector(nn.Module):
 
 
 def select_teachers(
-    candidates: torch.Tensor, labels: torch.Tensor, tau: float, steps: int, lr: float, seed: int
+    candidates: torch.Tensor, labels: torch.Tensor, tau: float, steps: int, lr: float, seed: int,
+    sees_label: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train a fresh selector on candidates [K, N, C]; return (chosen teacher logits [N, C], choice [N])."""
+    """Train a fresh selector on candidates [K, N, C]; return (chosen teacher logits [N, C], choice [N]).
+
+    ``sees_label`` also feeds each candidate's probability of the sample's true class to the selector (the labels of
+    the client's own train split are known when it distills on them).
+    """
     if candidates.dim() != 3 or candidates.shape[1] != labels.shape[0]:
         raise ValueError(
             f"candidates must be [K, N, C] with N = {labels.shape[0]} labels, got {tuple(candidates.shape)}"
@@ -121,9 +136,9 @@ def select_teachers(
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            selector = TeacherSelector(num_classes, num_candidates)
+            selector = TeacherSelector(num_classes, num_candidates, sees_label=sees_label)
             optimizer = torch.optim.Adam(selector.parameters(), lr=lr)
-            features = selector.features(stacked)  # the candidates are fixed: compute the inputs once
+            features = selector.features(stacked, targets)  # the candidates are fixed: compute the inputs once
             for _ in range(steps):
                 onehot = F.gumbel_softmax(selector.score(features), tau=tau, hard=True)  # [N, K], straight-through
                 teacher = (onehot.unsqueeze(-1) * stacked).sum(dim=1)
@@ -214,7 +229,8 @@ def train_dsd(
     if pool.entries:
         labels = _labels(train_set)
         candidates = torch.stack([torch.from_numpy(e) for e in pool.entries])
-        teacher, choice = select_teachers(candidates, labels, tau, cfg.selector_steps, cfg.selector_lr, seed)
+        teacher, choice = select_teachers(candidates, labels, tau, cfg.selector_steps, cfg.selector_lr, seed,
+                                          cfg.selector_sees_label)
         for k in range(POOL_SIZE):
             metrics[f"dsd_share_t{k + 1}"] = float((choice == k).float().mean())
         metrics["dsd_teacher_acc"] = float((teacher.argmax(1) == labels).float().mean())

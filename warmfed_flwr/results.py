@@ -16,6 +16,9 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
+SYNTHETIC_QUALITY_PREFIX = "synthetic_quality_"
+"""Round-0 metric per client: a classifier trained on its synthetic images, accuracy on its real test split."""
+
 
 def strict_json(value: Any) -> Any:
     """``value`` with numpy scalars as Python numbers and NaN or infinite floats as None (strict JSON)."""
@@ -132,6 +135,15 @@ def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_second
             lines.append(f"| {row['round']} | {_fmt(row['global_acc_pooled'])} | " + " | ".join(cells) + " |")
         lines += ["", f"Last (round {last['round']}): pooled {_fmt(last['global_acc_pooled'])}; "
                   f"best (round {best['round']}): {_fmt(best['global_acc_pooled'])}.", ""]
+    quality = {k.removeprefix(SYNTHETIC_QUALITY_PREFIX): v for r in rounds if r.get("round") == 0
+               for k, v in r.items() if k.startswith(SYNTHETIC_QUALITY_PREFIX)}
+    if quality:
+        names = sorted(quality)
+        mean = sum(quality.values()) / len(names)
+        lines += ["## Synthetic data quality per client (%)", "",
+                  "A classifier trained on one client's synthetic images only, tested on its real test split.", "",
+                  "| " + " | ".join(names) + " | mean |", "|---" * (len(names) + 1) + "|",
+                  "| " + " | ".join(_fmt(quality[n]) for n in names) + f" | {_fmt(mean)} |", ""]
     personal = [r for r in rounds if "personal_acc_mean" in r]
     if personal:
         last = personal[-1]

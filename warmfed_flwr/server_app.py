@@ -36,7 +36,9 @@ def build_strategy(cfg: ExperimentConfig, benchmark: Benchmark, recorder: RunRec
 
         server = WarmStartServer(cfg, benchmark.class_names, device, cache_dir(cfg), recorder.directory)
         strategy_cls = WarmFedStrategy if cfg.algorithm == "warmfed" else FGLStrategy
-        return strategy_cls(**common, server=server, domains=[client.name for client in benchmark.clients])
+        tests = {client.name: client.test for client in benchmark.clients} if cfg.synthesis.quality_check else {}
+        return strategy_cls(**common, server=server, domains=[client.name for client in benchmark.clients],
+                            quality_tests=tests)
     if cfg.algorithm == "centralized":
         return CentralizedStrategy(**common, trainer=CentralizedTrainer(cfg, benchmark, device))
     return PLAIN[cfg.algorithm](**common)

@@ -88,11 +88,20 @@ def train_epochs(
     weight_decay: float = 5e-4,
     objective: Objective = cross_entropy,
     regularizer: Regularizer | None = None,
+    freeze_bn_stats: bool = False,
 ) -> float:
-    """Train ``model`` in place with SGD for ``epochs``; returns the mean loss of the last epoch."""
+    """Train ``model`` in place with SGD for ``epochs``; returns the mean loss of the last epoch.
+
+    ``freeze_bn_stats`` keeps BatchNorm layers in eval mode: their affine weights train, their running
+    statistics (and the batch statistics they normalise with) stay those the model arrived with.
+    """
     if epochs <= 0 or len(dataset) == 0:  # type: ignore[arg-type]
         return float("nan")
     model.to(device).train()
+    if freeze_bn_stats:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
     mean_loss = float("nan")

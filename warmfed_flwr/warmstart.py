@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import ExperimentConfig
@@ -21,9 +21,18 @@ from warmfed_flwr.errors import CheckpointError
 from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
-from warmfed_flwr.generative.synthesis import cached_synthesis, save_grid, synthesis_key, synthesize
+from warmfed_flwr.generative.synthesis import cached_arrays, cached_synthesis, save_grid, synthesis_key, synthesize
 from warmfed_flwr.models import seeded_model
-from warmfed_flwr.training import get_weights, set_weights, train_epochs
+from warmfed_flwr.personalization import distillation_kl
+from warmfed_flwr.training import (
+    Objective,
+    cross_entropy,
+    evaluate,
+    get_weights,
+    predict_logits,
+    set_weights,
+    train_epochs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +51,29 @@ def client_upload(
     cfg: ExperimentConfig, split: ClientSplit, class_names: list[str], device: torch.device,
     cache_dir: Path, domain_phrase: str = "",
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Round 0 on a client: LoRA fine-tune (when enabled) and class prompt embeddings, as named arrays."""
+    """Round 0 on a client: LoRA fine-tune (when enabled) and class prompt embeddings, as named arrays.
+
+    The result is cached on the client's disk, keyed by the generator's weights, the private train split, the
+    prompts, the LoRA config and the seed, so a rerun (an ablation of the later rounds) repeats round 0 exactly.
+    """
     pipe = load_pipeline(resolve_base(cfg.generator, cache_dir, cfg.data.image_size), device, cfg.generator.dtype)
     prompts = class_prompts(cfg.generator.prompt_template, class_names, domain_phrase)
-    named = {protocol.EMBEDDINGS: prompt_embeddings(pipe, prompts).float().numpy()}
+    key = synthesis_key("round-0 upload", pipe.unet.state_dict(), pipe.text_encoder.state_dict(), str(pipe.dtype),
+                        split.train.tensors, prompts, cfg.generator.prompt_template, domain_phrase,
+                        cfg.lora if cfg.lora.enabled else None, cfg.seed)
     timings: dict[str, float] = {}
-    if cfg.lora.enabled:
-        started = time.perf_counter()
-        adapter = finetune_lora(pipe, split.train, class_names, cfg.generator.prompt_template, cfg.lora,
-                                seed=cfg.seed, domain_phrase=domain_phrase)
-        timings["lora_seconds"] = time.perf_counter() - started
-        named.update({protocol.ADAPTER_PREFIX + k: v.float().cpu().numpy() for k, v in adapter.items()})
-    return named, timings
+
+    def make() -> dict[str, np.ndarray]:
+        named = {protocol.EMBEDDINGS: prompt_embeddings(pipe, prompts).float().numpy()}
+        if cfg.lora.enabled:
+            started = time.perf_counter()
+            adapter = finetune_lora(pipe, split.train, class_names, cfg.generator.prompt_template, cfg.lora,
+                                    seed=cfg.seed, domain_phrase=domain_phrase)
+            timings["lora_seconds"] = time.perf_counter() - started
+            named.update({protocol.ADAPTER_PREFIX + k: v.float().cpu().numpy() for k, v in adapter.items()})
+        return named
+
+    return cached_arrays(cache_dir / "uploads", key, make), timings
 
 
 def balanced_subset(labels: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
@@ -175,18 +195,66 @@ class WarmStartServer:
         self.subset = TensorDataset(self.synthetic.images[subset_index], self.synthetic.labels[subset_index])
         return self.synthetic
 
+    def synthetic_quality(self, tests: dict[str, Dataset]) -> dict[str, float]:
+        """Per client: a classifier trained on that client's synthetic images, accuracy on its real ``tests`` split."""
+        assert self.synthetic is not None, "build_synthetic must run first"
+        sources = np.array(self.synthetic.sources)
+        quality = {}
+        for client in dict.fromkeys(self.synthetic.sources):
+            if client not in tests:
+                continue
+            mine = torch.from_numpy(np.flatnonzero(sources == client))
+            judge = seeded_model(self.cfg.model, len(self.class_names), self.cfg.seed)
+            t = self.cfg.train
+            train_epochs(judge, TensorDataset(self.synthetic.images[mine], self.synthetic.labels[mine]),
+                         epochs=self.cfg.warmfed.warm_epochs, lr=t.lr, batch_size=t.batch_size, device=self.device,
+                         seed=self.cfg.seed, momentum=t.momentum, weight_decay=t.weight_decay)
+            quality[client] = evaluate(judge, tests[client], self.device)[1]
+        return quality
+
     def train_warm_start(self) -> list[np.ndarray]:
         """Train the one-shot global model on the whole synthetic set."""
         assert self.synthetic is not None, "build_synthetic must run first"
         self._train(self.synthetic.dataset(), self.cfg.warmfed.warm_epochs, seed=self.cfg.seed)
         return get_weights(self.model)
 
-    def finetune(self, weights: list[np.ndarray], algo_round: int) -> list[np.ndarray]:
-        """Server-side globalization: fine-tune the aggregate on the synthetic subset."""
+    def finetune(self, weights: list[np.ndarray], algo_round: int,
+                 client_weights: list[list[np.ndarray]] | None = None) -> list[np.ndarray]:
+        """Server-side globalization: fine-tune the aggregate on the synthetic subset.
+
+        ``warmfed.server-ft-target = ensemble`` distills, instead of the subset's labels, the mean logits of the
+        clients' uploaded models (``client_weights``) on the subset, as in FedDF's ensemble distillation.
+        """
+        w = self.cfg.warmfed
+        tune = self.subset is not None and w.server_finetune
+        objective = self._server_objective(client_weights) if tune else cross_entropy
         set_weights(self.model, weights)
-        if self.subset is not None and self.cfg.warmfed.server_finetune:
-            self._train(self.subset, self.cfg.warmfed.server_ft_epochs, seed=self.cfg.seed + algo_round)
+        if tune:
+            self._train(self.subset, w.server_ft_epochs, seed=self.cfg.seed + algo_round,
+                        lr_scale=w.syn_lr_scale, freeze_bn_stats=w.syn_bn_stats == "frozen", objective=objective)
         return get_weights(self.model)
+
+    def _server_objective(self, client_weights: list[list[np.ndarray]] | None) -> Objective:
+        """Cross-entropy on the subset's labels, or KL towards the clients' mean logits (``ensemble``)."""
+        if self.cfg.warmfed.server_ft_target == "labels":
+            return cross_entropy
+        if not client_weights:
+            raise ValueError("warmfed.server-ft-target = ensemble needs the clients' uploaded weights")
+        return self._ensemble_objective(client_weights)
+
+    def _ensemble_objective(self, client_weights: list[list[np.ndarray]]) -> Objective:
+        """KL towards the clients' mean logits on each subset image."""
+        assert self.subset is not None
+        logits = []
+        for weights in client_weights:
+            set_weights(self.model, weights)
+            logits.append(predict_logits(self.model, self.subset, self.device))
+        teacher = torch.stack(logits).mean(0)
+
+        def objective(outputs: torch.Tensor, _labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+            return distillation_kl(outputs, teacher[indices.cpu()].to(outputs.device), 1.0)
+
+        return objective
 
     def subset_arrays(self) -> dict[str, np.ndarray]:
         """The synthetic subset as the named arrays sent to clients once."""
@@ -194,20 +262,31 @@ class WarmStartServer:
         images, labels = self.subset.tensors
         return {protocol.SYNTHETIC_IMAGES: to_uint8(images), protocol.SYNTHETIC_LABELS: labels.numpy()}
 
-    def _train(self, dataset: Dataset, epochs: int, seed: int) -> None:
+    def _train(self, dataset: Dataset, epochs: int, seed: int, lr_scale: float = 1.0,
+               freeze_bn_stats: bool = False, objective: Objective = cross_entropy) -> None:
         t = self.cfg.train
-        train_epochs(self.model, dataset, epochs=epochs, lr=t.lr, batch_size=t.batch_size, device=self.device,
-                     seed=seed, momentum=t.momentum, weight_decay=t.weight_decay)
+        train_epochs(self.model, dataset, epochs=epochs, lr=t.lr * lr_scale, batch_size=t.batch_size,
+                     device=self.device, seed=seed, momentum=t.momentum, weight_decay=t.weight_decay,
+                     freeze_bn_stats=freeze_bn_stats, objective=objective)
 
 
 def globalize_client(
     model: torch.nn.Module, subset: Dataset | None, split: ClientSplit, cfg: ExperimentConfig,
     device: torch.device, seed: int,
 ) -> float:
-    """Rounds t>=1 on a client: fine-tune on the synthetic subset, then train on private data."""
-    t = cfg.train
-    if subset is not None and cfg.warmfed.client_syn_finetune:
-        train_epochs(model, subset, epochs=cfg.warmfed.client_syn_epochs, lr=t.lr, batch_size=t.batch_size,
-                     device=device, seed=seed, momentum=t.momentum, weight_decay=t.weight_decay)
-    return train_epochs(model, split.train, epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
+    """Rounds t>=1 on a client: fine-tune on the synthetic subset, then train on private data.
+
+    ``warmfed.client-syn-mode = mixed`` instead trains each local epoch on the private data and the subset shuffled
+    together (BatchNorm statistics then see both).
+    """
+    t, w = cfg.train, cfg.warmfed
+    private: Dataset = split.train
+    if subset is not None and w.client_syn_finetune:
+        if w.client_syn_mode == "mixed":
+            private = ConcatDataset([split.train, subset])
+        else:
+            train_epochs(model, subset, epochs=w.client_syn_epochs, lr=t.lr * w.syn_lr_scale,
+                         batch_size=t.batch_size, device=device, seed=seed, momentum=t.momentum,
+                         weight_decay=t.weight_decay, freeze_bn_stats=w.syn_bn_stats == "frozen")
+    return train_epochs(model, private, epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
                         device=device, seed=seed + 1, momentum=t.momentum, weight_decay=t.weight_decay)

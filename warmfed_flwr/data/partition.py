@@ -33,6 +33,10 @@ except ImportError:  # pragma: no cover - non-POSIX systems build without a lock
 log = logging.getLogger(__name__)
 
 
+MIXED_DOMAIN = "mixed"
+"""The domain of a client share that holds images of several domains."""
+
+
 @dataclass
 class DomainArrays:
     """The images of one domain: uint8 [N,S,S,3] and int64 labels [N]."""
@@ -237,7 +241,7 @@ def partition_dirichlet(
     for cid, idx in enumerate(dirichlet_assign(pooled.labels, num_clients, alpha, seed)):
         share = pooled.take(idx)
         present = sorted({names[o] for o in np.unique(origin[idx])})
-        domain = present[0] if len(present) == 1 else "mixed"
+        domain = present[0] if len(present) == 1 else MIXED_DOMAIN
         name = f"{names[0]}-p{cid}" if len(names) == 1 else f"client-{cid}"
         train_idx, test_idx = stratified_split(share.labels, test_fraction, np.random.default_rng([seed, cid, 3]))
         clients.append(SplitArrays(name, domain, share.take(train_idx), share.take(test_idx)))

@@ -1,13 +1,20 @@
 """Generative side of FGL and WarmFed: the foundation generator, client LoRA, prompts and server synthesis.
 
-- ``pipeline``: ``load_pipeline`` (hub id or diffusers directory) and ``resolve_base`` ('tiny' -> cached foundation).
-- ``foundation``: the embedded tiny StableDiffusionPipeline, its CPU pretraining, quality figures and cache.
+- ``pipeline``: ``load_pipeline`` (hub id or diffusers directory) and ``resolve_base`` ('tiny' -> shipped or
+  cached foundation).
+- ``foundation``: the tiny foundation's ``FoundationSpec``, its cache (``ensure_foundation``) and build CLI.
+- ``tokenizer``, ``tiny_architecture``: its byte-level CLIP tokenizer and its untrained pipeline from configs.
+- ``foundation_training``: its pretraining (VAE, then UNet + text encoder).
+- ``quality``: ``foundation_quality`` (class fidelity, train-on-synthetic/test-on-real) and ``split_holdout``.
+- ``diffusion``: the noise-prediction training step shared by foundation pretraining and client LoRA.
+- ``images``: labelled image tensors from a dataset, checked and resized.
+- ``shipped``: the prebuilt foundation in ``tiny_foundation/``: export with a model card, locate, verify hashes.
 - ``lora``: client LoRA fine-tuning, adapter export/validation, and applying an adapter to the resident pipeline.
 - ``prompts``: class prompts and their text embeddings.
 - ``synthesis``: batched, seeded generation of a labelled set, its disk cache and preview grids.
 """
 
-from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation, foundation_quality
+from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation
 from warmfed_flwr.generative.lora import (
     adapter_bytes,
     adapter_schema,
@@ -18,6 +25,7 @@ from warmfed_flwr.generative.lora import (
 )
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
+from warmfed_flwr.generative.quality import foundation_quality
 from warmfed_flwr.generative.synthesis import cached_synthesis, save_grid, synthesis_key, synthesize
 
 __all__ = [

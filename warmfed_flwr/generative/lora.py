@@ -19,15 +19,16 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict
-from torch.nn import functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from warmfed_flwr.config import LoraConfig
 from warmfed_flwr.errors import GeneratorError, PayloadError
-from warmfed_flwr.generative.foundation import dataset_tensors, encode_latent_stats, resize_to
+from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss
+from warmfed_flwr.generative.images import training_images
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 
 logger = logging.getLogger(__name__)
@@ -92,21 +93,13 @@ def finetune_lora(
     """
     unet, device = pipe.unet, pipe.device
     base_dtype = unet.dtype
-    images, labels = dataset_tensors(dataset)
-    if int(labels.max()) >= len(class_names) or int(labels.min()) < 0:
-        raise GeneratorError(
-            f"LoRA labels span {int(labels.min())}..{int(labels.max())} but {len(class_names)} class names were "
-            "given; give one name per label"
-        )
     started = time.perf_counter()
-    images = resize_to(images, unet.config.sample_size * pipe.vae_scale_factor)
-    mean, std = encode_latent_stats(pipe.vae, images)
-    scaling = pipe.vae.config.scaling_factor
+    size = unet.config.sample_size * pipe.vae_scale_factor
+    images, labels = training_images(dataset, class_names, size, "LoRA")
+    data = TrainingLatents.encode(pipe.vae, images, labels)
     embeddings = prompt_embeddings(pipe, class_prompts(template, class_names, domain_phrase) + [""])
     embeddings = embeddings.to(device, base_dtype)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    timesteps_total = noise_scheduler.config.num_train_timesteps
-    velocity = noise_scheduler.config.prediction_type == "v_prediction"
     generator = torch.Generator().manual_seed(seed)
     grad_flags = {name: p.requires_grad for name, p in unet.named_parameters()}
     was_training = unet.training
@@ -116,29 +109,15 @@ def finetune_lora(
         add_lora(unet, cfg, TRAIN_ADAPTER)
     losses: list[float] = []
     try:
+        cast_training_params(unet, torch.float32)
         params = [p for p in unet.parameters() if p.requires_grad]
-        for param in params:
-            param.data = param.data.float()
         optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-        half = base_dtype != torch.float32
         unet.train()
         bar = tqdm(range(cfg.steps), desc="client LoRA", unit="step")
         for _ in bar:
-            index = torch.randint(len(images), (cfg.batch_size,), generator=generator)
-            eps = torch.randn((len(index), *mean.shape[1:]), generator=generator).to(device)
-            on_device = index.to(device)
-            latents = (mean[on_device] + std[on_device] * eps) * scaling
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            timesteps = torch.randint(timesteps_total, (len(index),), generator=generator).to(device)
-            prompt_index = labels[index].clone()
-            prompt_index[torch.rand(len(index), generator=generator) < UNCOND_PROB] = len(class_names)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            target = noise_scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
-            with torch.autocast(device.type, dtype=base_dtype, enabled=half):
-                prediction = unet(
-                    noisy.to(base_dtype), timesteps, encoder_hidden_states=embeddings[prompt_index.to(device)]
-                ).sample
-            loss = F.mse_loss(prediction.float(), target.float())
+            loss = noise_prediction_loss(
+                unet, noise_scheduler, data, embeddings, cfg.batch_size, UNCOND_PROB, generator, base_dtype
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -12,6 +12,7 @@ from diffusers.pipelines import pipeline_utils
 from warmfed_flwr.config import GeneratorConfig
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation
+from warmfed_flwr.generative.shipped import shipped_foundation
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +66,17 @@ def load_pipeline(base: str, device: torch.device, dtype: str = "auto") -> Stabl
 
 
 def resolve_base(cfg: GeneratorConfig, cache_dir: Path, image_size: int = 32) -> str:
-    """``cfg.base`` unchanged, or for 'tiny' the cached tiny foundation's directory (built on first use)."""
+    """``cfg.base`` unchanged, or for 'tiny' the tiny foundation's directory.
+
+    That is the verified foundation shipped in the package when the spec and template are its recipe, else the
+    one built for them under ``cache_dir`` (on first use).
+    """
     if cfg.base != "tiny":
         return cfg.base
     spec = FoundationSpec(
         steps=cfg.foundation_steps, source=cfg.foundation_source, image_size=image_size
     )
+    shipped = shipped_foundation(spec, cfg.prompt_template)
+    if shipped is not None:
+        return str(shipped)
     return str(ensure_foundation(spec, Path(cache_dir), cfg.prompt_template))

@@ -7,9 +7,13 @@ import logging
 import torch
 from diffusers import StableDiffusionPipeline
 
+from warmfed_flwr.config import GeneratorConfig
 from warmfed_flwr.errors import GeneratorError
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = GeneratorConfig().prompt_template
+"""The default config's prompt template, the one the tiny foundation's text encoder learns."""
 
 
 def class_prompts(template: str, class_names: list[str], domain_phrase: str = "") -> list[str]:

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,35 @@ def _dequantize(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, t
     return torch.from_numpy(images).float().div(255.0), torch.from_numpy(labels).long()
 
 
+def cached_arrays(
+    cache_dir: Path, key: str, make: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Named arrays stored at ``cache_dir/<key>.npz`` (no pickle), made by ``make()`` when absent or unreadable."""
+    if not _KEY.match(key):
+        raise GeneratorError(f"cache key {key!r} is not a file-safe name; build it with synthesis_key()")
+    path = Path(cache_dir) / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+            logger.info("loaded from cache %s", path)
+            return arrays
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            logger.warning("cache file %s is unreadable (%s); making it again", path, exc)
+    arrays = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("cached at %s (%.1f MB)", path, path.stat().st_size / 2**20)
+    return arrays
+
+
 def cached_synthesis(
     cache_dir: Path, key: str, make: Callable[[], tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,31 +161,17 @@ def cached_synthesis(
 
     Both the first and later calls return the uint8-quantized images as float [0, 1], so they agree exactly.
     """
-    if not _KEY.match(key):
-        raise GeneratorError(f"synthesis cache key {key!r} is not a file-safe name; build it with synthesis_key()")
-    path = Path(cache_dir) / f"{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                images, labels = stored["images"], stored["labels"]
-            logger.info("synthetic set loaded from cache %s (%d images)", path, len(labels))
-            return _dequantize(images, labels)
-        except (OSError, ValueError, KeyError) as exc:
-            logger.warning("synthetic set cache %s is unreadable (%s); generating it again", path, exc)
-    images_t, labels_t = make()
-    images = (images_t.detach().cpu().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
-    labels = labels_t.detach().cpu().to(torch.int64).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}-", suffix=".npz.tmp")
+
+    def make_arrays() -> dict[str, np.ndarray]:
+        images_t, labels_t = make()
+        images = (images_t.detach().cpu().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
+        return {"images": images, "labels": labels_t.detach().cpu().to(torch.int64).numpy()}
+
+    arrays = cached_arrays(cache_dir, key, make_arrays)
     try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, images=images, labels=labels)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    logger.info("synthetic set cached at %s (%d images, %.1f MB)", path, len(labels), path.stat().st_size / 2**20)
-    return _dequantize(images, labels)
+        return _dequantize(arrays["images"], arrays["labels"])
+    except KeyError as exc:
+        raise GeneratorError(f"synthetic set cache {Path(cache_dir) / key}.npz lacks {exc}; delete it") from exc
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 8) -> None:

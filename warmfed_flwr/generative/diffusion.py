@@ -1,0 +1,79 @@
+"""The noise-prediction training step shared by foundation pretraining and client LoRA.
+
+Every random draw comes from the caller's ``torch.Generator`` in a fixed order (batch indices, latent noise,
+diffusion noise, timesteps, empty-prompt coin flips), so a build repeats bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch.nn import functional as F
+
+
+@torch.no_grad()
+def encode_latent_stats(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, ...]:
+    """Posterior mean and std of every image (images in [0,1] on any device; returned on the VAE's device)."""
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(vae.device, vae.dtype) * 2.0 - 1.0
+        posterior = vae.encode(x).latent_dist
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A draw from the posterior N(mean, std^2), its noise taken on the CPU from ``generator``."""
+    return mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
+
+
+@dataclass(frozen=True)
+class TrainingLatents:
+    """The VAE posterior (mean, std) of every training image, its label and the VAE's scaling factor."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    labels: torch.Tensor
+    scaling: float
+
+    @classmethod
+    def encode(cls, vae: AutoencoderKL, images: torch.Tensor, labels: torch.Tensor) -> TrainingLatents:
+        """Encode ``images`` in [0,1] with ``vae``; the stats stay on the VAE's device, the labels where they are."""
+        mean, std = encode_latent_stats(vae, images)
+        return cls(mean, std, labels, vae.config.scaling_factor)
+
+
+def noise_prediction_loss(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    data: TrainingLatents,
+    prompt_states: torch.Tensor,
+    batch_size: int,
+    uncond_prob: float,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """MSE of the UNet's noise (or v) prediction on one random batch of ``data``.
+
+    ``prompt_states`` [C + 1, seq, dim] holds the text encoding of each label's prompt, then of the empty prompt,
+    which stands in for a sample's prompt with probability ``uncond_prob``. The UNet runs under autocast in
+    ``dtype`` unless that is float32; the loss is computed in float32.
+    """
+    device = data.mean.device
+    index = torch.randint(len(data.mean), (batch_size,), generator=generator)
+    on_device = index.to(device)
+    latents = sample_latents(data.mean[on_device], data.std[on_device], generator) * data.scaling
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
+    prompt_index = data.labels[index].clone()
+    prompt_index[torch.rand(batch_size, generator=generator) < uncond_prob] = len(prompt_states) - 1
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    velocity = scheduler.config.prediction_type == "v_prediction"
+    target = scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
+    encoded = prompt_states[prompt_index.to(device)]
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        prediction = unet(noisy.to(dtype), timesteps, encoder_hidden_states=encoded).sample
+    return F.mse_loss(prediction.float(), target.float())

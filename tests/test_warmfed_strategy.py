@@ -321,7 +321,7 @@ def test_client_syn_mode_before_trains_on_the_subset_then_on_private_data(monkey
     assert loss == 0.25
     assert [c["dataset"] for c in calls] == [subset, private.train]
     first, second = calls
-    assert (first["epochs"], first["lr"], first["freeze_bn_stats"], first["seed"]) == (2, pytest.approx(0.04), True, 5)
+    assert (first["epochs"], first["lr"], first["freeze_bn_stats"], first["seed"]) == (2, pytest.approx(0.04), False, 5)
     assert (second["epochs"], second["lr"], second.get("freeze_bn_stats", False), second["seed"]) == (3, 0.08, False, 6)
 
 

@@ -551,3 +551,17 @@ def test_server_ensemble_distillation_refuses_to_run_without_client_weights(tiny
     server.subset = _synthetic_subset()
     with pytest.raises(ValueError, match="server-ft-target = ensemble"):
         server.finetune(get_weights(server.model), 1)
+
+
+def test_server_synthesizes_at_the_classifier_size_not_the_generator_size(tmp_path):
+    """A generator whose native size (64 px) exceeds data.image-size (32 px) still yields 32-px training images."""
+    from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
+
+    build_tiny_pipeline(seed=0, image_size=64).save_pretrained(tmp_path / "sd-64")
+    cfg = config(tmp_path / "sd-64", tmp_path, **{"data.image-size": 32, "lora.enabled": False})
+    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    assert server.pipe.unet.config.sample_size * server.pipe.vae_scale_factor == 64
+    embeddings = warmstart.prompt_embeddings(server.pipe, warmstart.class_prompts(cfg.generator.prompt_template,
+                                                                                  CLASSES)).numpy()
+    images, labels = server.synthesize_client("a", {protocol.EMBEDDINGS: embeddings}, seed=0)
+    assert tuple(images.shape) == (len(labels), 3, 32, 32)

@@ -135,14 +135,15 @@ class WarmStartServer:
         syn = self.cfg.synthesis
         embeddings = torch.from_numpy(named[protocol.EMBEDDINGS])
         adapter = {k: torch.from_numpy(v) for k, v in payload.split_prefix(named, protocol.ADAPTER_PREFIX).items()}
+        size = self.cfg.data.image_size
         key = synthesis_key(embeddings, *adapter.values(), self.cfg.generator.base, syn.images_per_class,
-                            syn.steps, syn.guidance, seed)
+                            syn.steps, syn.guidance, seed, size)
         self.synthesis_keys[client] = key
 
         def make() -> tuple[torch.Tensor, torch.Tensor]:
             with use_adapter(self.pipe, adapter, client) if adapter else nullcontext():
                 return synthesize(self.pipe, embeddings, syn.images_per_class, syn.steps, syn.guidance,
-                                  syn.batch_size, seed)
+                                  syn.batch_size, seed, size=size)
 
         images, labels = cached_synthesis(self.cache_dir / "synthetic", key, make)
         save_grid(images, labels, self.output_dir / f"synthetic_{client}.png")

@@ -1,0 +1,148 @@
+"""Why does an adapter wash out the class? Client LoRA variants scored on validation data, per domain.
+
+For every client, round 0 runs with each LoRA variant (the upload cache keys on the LoRA config, so each variant
+trains its own adapter); the server synthesizes that client's images and two figures are taken on the client's
+validation part (a seeded fifth of its private train split; the test splits are never read):
+
+- train-on-synthetic/test-on-real (TSTR): a classifier trained on the client's synthetic images;
+- class fidelity: a judge trained on the client's real fit part labels the synthetic images. Low fidelity with the
+  domain's look in the grids is a washed-out class; low TSTR with high fidelity is a domain or diversity gap.
+
+    python -m benchmarks.diagnose_lora --seeds 0 --out results/diagnose_lora.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from benchmarks.diagnose_globalization import validation_splits
+from warmfed_flwr.config import ExperimentConfig, resolve
+from warmfed_flwr.data import default_cache_dir
+from warmfed_flwr.models import seeded_model
+from warmfed_flwr.protocol import EMBEDDINGS
+from warmfed_flwr.training import resolve_device, seed_everything, train_epochs
+from warmfed_flwr.warmstart import WarmStartServer, client_upload
+
+ATTN_SELF_AND_CONV = "attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0,conv1,conv2"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "no adapter (FGL)": {"lora.enabled": False},
+    "default": {},
+    "steps 25": {"lora.steps": 25},
+    "steps 300": {"lora.steps": 300},
+    "lr 1e-4": {"lora.lr": 1e-4},
+    "lr 1e-4, steps 300": {"lora.lr": 1e-4, "lora.steps": 300},
+    "no cross-attention targets": {"lora.targets": ATTN_SELF_AND_CONV},
+    "attention only (paper's diffusers script)": {"lora.targets": "to_q,to_k,to_v,to_out.0"},
+    "guidance 6": {"synthesis.guidance": 6.0},
+}
+
+
+def real_judges(cfg: ExperimentConfig, clients: list, device: torch.device) -> dict[str, torch.nn.Module]:
+    """Per client, a classifier trained on its real fit part: it scores how recognisable synthetic classes are."""
+    judges = {}
+    for client in clients:
+        judge = seeded_model(cfg.model, 10, cfg.seed)
+        train_epochs(judge, client.train, epochs=cfg.warmfed.warm_epochs, lr=cfg.train.lr,
+                     batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
+        judges[client.name] = judge.eval()
+    return judges
+
+
+def fidelity(judge: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+    """Share of synthetic images the real-data judge labels with their prompt's class."""
+    with torch.no_grad():
+        predicted = torch.cat([judge(images[i:i + 256].to(device)).argmax(1).cpu()
+                               for i in range(0, len(images), 256)])
+    return float((predicted == labels).float().mean())
+
+
+def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path, out_dir: Path,
+             domains: list[str] | None = None) -> dict[str, dict[str, tuple]]:
+    """Every variant's (TSTR, fidelity) per client (of ``domains``, default all) for one seed."""
+    base_cfg = resolve({**overrides, "seed": seed})
+    device = resolve_device(base_cfg.device)
+    class_names, clients = validation_splits(base_cfg, cache_dir)
+    clients = [client for client in clients if not domains or client.domain in domains]
+    judges = real_judges(base_cfg, clients, device)
+    results: dict[str, dict[str, tuple]] = {}
+    for name, change in VARIANTS.items():
+        started = time.perf_counter()
+        seed_everything(seed)
+        cfg = resolve({**overrides, **change, "seed": seed})
+        uploads = []
+        for client in clients:
+            phrase = client.domain if cfg.generator.domain_prompts and client.domain != "mixed" else ""
+            named, _ = client_upload(cfg, client, class_names, device, cache_dir, phrase)
+            uploads.append((client.name, named if cfg.lora.enabled else {EMBEDDINGS: named[EMBEDDINGS]}))
+        slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+        server = WarmStartServer(cfg, class_names, device, cache_dir, out_dir / f"s{seed}-{slug}")
+        synthetic = server.build_synthetic(uploads)
+        tstr = server.synthetic_quality({client.name: client.test for client in clients})
+        row = {}
+        for client in clients:
+            mine = torch.tensor([i for i, source in enumerate(synthetic.sources) if source == client.name])
+            row[client.name] = (tstr[client.name], fidelity(judges[client.name], synthetic.images[mine],
+                                                            synthetic.labels[mine], device))
+        results[name] = row
+        print(f"seed {seed} {name}: " + ", ".join(f"{c} tstr {100 * t:.1f} fid {100 * f:.1f}"
+                                                  for c, (t, f) in row.items())
+              + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+    return results
+
+
+def _cell(values: list[float]) -> str:
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}" if len(values) > 1 else f"{100 * values[0]:.1f}"
+
+
+def main() -> None:
+    """Run the seeds and write the markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--set", dest="sets", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    parser.add_argument("--domains", nargs="*", default=None, help="client domains to run (default: all)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--grids", type=Path, default=Path("/tmp/diagnose_lora"))
+    args = parser.parse_args()
+    if args.only:
+        for name in list(VARIANTS):
+            if name not in args.only:
+                del VARIANTS[name]
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.sets)}
+    per_seed = [run_seed(seed, overrides, default_cache_dir(), args.grids, args.domains) for seed in args.seeds]
+    clients = list(next(iter(per_seed[0].values())))
+    lines = [
+        "# Client LoRA diagnostic (validation accuracy, %)", "",
+        f"Command: `python -m benchmarks.diagnose_lora --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --set {' '.join(args.sets)}" if args.sets else "")
+        + (f" --only {' '.join(repr(v) for v in VARIANTS)}" if args.only else "")
+        + (f" --domains {' '.join(args.domains)}" if args.domains else "") + f" --out {args.out}`", "",
+        "Per client: TSTR = a classifier trained on its synthetic images, tested on its validation part; "
+        "fidelity = a judge trained on its real fit part labels the synthetic images. Mean ± std over seeds.", "",
+        "| variant | " + " | ".join(f"{c} TSTR | {c} fidelity" for c in clients) + " | mean TSTR (non-public) |",
+        "|---|" + "---|---|" * len(clients) + "---|",
+    ]
+    non_public = [c for c in clients if c != "mnist"]
+    for name in VARIANTS:
+        cells = []
+        for client in clients:
+            cells.append(_cell([result[name][client][0] for result in per_seed]))
+            cells.append(_cell([result[name][client][1] for result in per_seed]))
+        mean = _cell([statistics.mean(result[name][c][0] for c in non_public) for result in per_seed])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
+

@@ -41,6 +41,7 @@ class WarmFedClient(FederatedClient):
         phrase = str(self.context.node_config.get("domain-phrase", "")) or self.default_domain_phrase()
         named, timings = client_upload(self.cfg, self.split, self.class_names, self.device, self.cache_dir, phrase)
         metrics = {**self.identity(), protocol.CLASS_NAMES: ",".join(self.class_names), **timings}
+        named = payload.cast_floats(named, self.cfg.synthesis.upload_dtype)
         named, num_examples = faults.inject(self.cfg, self.partition_id, 0, named, len(self.split.train))
         return payload.encode(named), num_examples, metrics
 

@@ -37,6 +37,7 @@ class WarmFedStrategy(RecordingFedAvg):
         self.domains = list(domains)
         """The client names expected in round 0 (the benchmark's domains); empty: any name is taken."""
         self.max_upload_bytes = int(self.cfg.synthesis.max_upload_mb * 2**20)
+        """Round-0 size limit: the hard cap until ``round_zero_schema`` derives it from the expected upload."""
         self.has_subset: set[str] = set()
         self.upload_schema: payload.Schema = {}
 
@@ -75,7 +76,16 @@ class WarmFedStrategy(RecordingFedAvg):
                                    {"bytes_down": sum(down), "bytes_down_per_client": max(down, default=0)})
         return out
 
+    def round_zero_schema(self) -> payload.Schema:
+        """The upload schema the server expects in round 0, and the size limit derived from it (set once)."""
+        if not self.upload_schema:
+            self.upload_schema = self.server.upload_schema()
+            self.max_upload_bytes = payload.upload_limit(self.upload_schema,
+                                                         int(self.cfg.synthesis.max_upload_mb * 2**20))
+        return self.upload_schema
+
     def _configure_warmup(self, server_round: int, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self.round_zero_schema()
         client_manager.wait_for(self.min_available_clients)
         clients = client_manager.sample(num_clients=client_manager.num_available(),
                                         min_num_clients=self.min_available_clients)
@@ -92,7 +102,7 @@ class WarmFedStrategy(RecordingFedAvg):
         stage = "client_lora" if server_round == 1 else "client_rounds"
         self.recorder.add_time(stage, time.perf_counter() - self._fit_started)
         if server_round == 1:
-            self.upload_schema = self.server.upload_schema()
+            self.round_zero_schema()
         accepted = self.screen_fit(server_round, results, failures)
         if server_round == 1:
             return self._warm_start(accepted)
@@ -119,7 +129,7 @@ class WarmFedStrategy(RecordingFedAvg):
         named = payload.decode(parameters_to_ndarrays(res.parameters), client)
         payload.validate(named, self.upload_schema, client, self.max_upload_bytes)
         payload.validate_num_examples(res.num_examples, self.cfg.train.max_client_examples, client)
-        return named
+        return payload.cast_floats(named, "float32")
 
     def record_left_out(self, accepted: list[Upload]) -> None:
         """A ``domain_left_out`` event for every expected client without a valid round-0 upload, with the refusal

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from warmfed_flwr import payload
-from warmfed_flwr.errors import PayloadError
+from warmfed_flwr.errors import ConfigError, PayloadError
 
 SCHEMA = {"adapter.a": ((4, 2), "float32"), "embeddings": ((10, 8, 32), "float32")}
 
@@ -60,7 +60,7 @@ def test_valid_upload_passes_validation():
         (lambda u: u.update(extra=np.zeros(1, np.float32)), "unexpected"),
         (lambda u: u.update({"adapter.a": np.zeros((2, 4), np.float32)}), "shape"),
         (lambda u: u.update({"embeddings": np.zeros((10, 8, 31), np.float32)}), "shape"),
-        (lambda u: u.update({"adapter.a": np.zeros((4, 2), np.float16)}), "dtype"),
+        (lambda u: u.update({"adapter.a": np.zeros((4, 2), np.int32)}), "dtype"),
         (lambda u: u["adapter.a"].__setitem__((0, 0), np.nan), "NaN or Inf"),
         (lambda u: u["embeddings"].__setitem__((0, 0, 0), np.inf), "NaN or Inf"),
     ],
@@ -90,3 +90,20 @@ def test_zero_dimensional_arrays_keep_their_shape():
     decoded = payload.decode(payload.encode(named))
     assert decoded["num_batches_tracked"].shape == ()
     assert int(decoded["num_batches_tracked"]) == 7
+
+
+def test_fp16_travels_for_fp32_entries_and_casts_back():
+    half = payload.cast_floats(_upload(), "float16")
+    payload.validate(half, SCHEMA, "c0", max_bytes=10**6)
+    restored = payload.cast_floats(half, "float32")
+    assert all(restored[name].dtype.name == dtype for name, (_, dtype) in SCHEMA.items())
+
+
+def test_round_zero_limit_is_the_schema_size_under_the_hard_cap():
+    sd15_adapter = {f"adapter.unet.{i}.lora_A.weight": ((8, 2_000), "float32") for i in range(344)}
+    size = payload.schema_bytes(sd15_adapter)
+    assert size > 16 * 2**20
+    limit = payload.upload_limit(sd15_adapter, hard_cap_bytes=256 * 2**20)
+    assert size <= limit <= size * (1 + payload.UPLOAD_MARGIN)
+    with pytest.raises(ConfigError, match="synthesis.max-upload-mb"):
+        payload.upload_limit(sd15_adapter, hard_cap_bytes=16 * 2**20)

@@ -100,7 +100,7 @@ def _corrupt(named, case):
     elif case == "embeddings-shape":
         named[protocol.EMBEDDINGS] = named[protocol.EMBEDDINGS][:2]
     elif case == "wrong-dtype":
-        named[key] = named[key].astype(np.float16)
+        named[key] = named[key].astype(np.int32)
     return named
 
 
@@ -117,6 +117,7 @@ def test_malformed_upload_is_refused_and_the_round_goes_on(uploads, tiny_pipelin
     if case == "no-manifest":
         bad[1].parameters = ndarrays_to_parameters([np.zeros(4, np.float32)])
     if case == "oversize":
+        strat.round_zero_schema()
         bad = fit_res({**uploads["b"], "adapter.pad": np.zeros(strat.max_upload_bytes // 4, np.float32)}, "b")
     strat._fit_started = 0.0
     parameters, _ = strat.aggregate_fit(1, [good, bad], [])
@@ -565,3 +566,25 @@ def test_server_synthesizes_at_the_classifier_size_not_the_generator_size(tmp_pa
                                                                                   CLASSES)).numpy()
     images, labels = server.synthesize_client("a", {protocol.EMBEDDINGS: embeddings}, seed=0)
     assert tuple(images.shape) == (len(labels), 3, 32, 32)
+
+
+def test_round_zero_limit_follows_the_expected_upload(uploads, tiny_pipeline_dir, tmp_path):
+    strat, _ = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)
+    expected = payload.schema_bytes(strat.round_zero_schema())
+    assert expected == sum(a.nbytes for a in uploads["a"].values())
+    assert expected <= strat.max_upload_bytes <= expected * (1 + payload.UPLOAD_MARGIN)
+
+
+def test_fp16_uploads_are_accepted_and_decoded_to_fp32(uploads, tiny_pipeline_dir, tmp_path):
+    strat, recorder = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)
+    half = payload.cast_floats(uploads["b"], "float16")
+    assert sum(a.nbytes for a in half.values()) * 2 == sum(a.nbytes for a in uploads["b"].values())
+    strat._fit_started = 0.0
+    parameters, _ = strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(half, "b")], [])
+    assert parameters is not None
+    assert not [e for e in recorder.events if e["kind"] == "upload_refused"]
+    key = strat.server.synthesis_keys["b"]
+    assert key == warmstart.synthesis_key(
+        torch.from_numpy(half[protocol.EMBEDDINGS].astype(np.float32)),
+        *(torch.from_numpy(v.astype(np.float32)) for v in payload.split_prefix(half, protocol.ADAPTER_PREFIX).values()),
+        strat.cfg.generator.base, 4, 2, 3.0, strat.cfg.seed * 1000 + 1, 32)

@@ -110,7 +110,8 @@ class SynthesisConfig:
     guidance: float = 3.0
     batch_size: int = 64
     subset_ratio: float = 0.2
-    max_upload_mb: float = 16.0
+    max_upload_mb: float = 256.0
+    upload_dtype: Literal["float32", "float16"] = "float32"
     quality_check: bool = True
 
 

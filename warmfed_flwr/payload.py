@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from warmfed_flwr import protocol
-from warmfed_flwr.errors import PayloadError
+from warmfed_flwr.errors import ConfigError, PayloadError
 
 FORMAT = "warmfed-bundle/1"
 ALLOWED_DTYPES = frozenset({"float32", "float16", "int64", "int32", "uint8", "bool"})
@@ -63,8 +63,42 @@ def decode(arrays: Sequence[np.ndarray], sender: str = "peer") -> dict[str, np.n
     return named
 
 
+UPLOAD_MARGIN = 0.05
+"""Round-0 uploads may exceed the size of their expected schema (fp32) by this share before they are refused."""
+WIRE_FLOATS = {"float32": ("float32", "float16")}
+"""Schema dtype -> dtypes accepted on the wire (fp16 halves an upload; it is decoded to fp32)."""
+
+
+def schema_bytes(schema: Schema) -> int:
+    """Bytes of an upload that matches ``schema`` exactly."""
+    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in schema.values())
+
+
+def upload_limit(schema: Schema, hard_cap_bytes: int) -> int:
+    """The round-0 size limit: ``schema``'s size plus UPLOAD_MARGIN, never above ``hard_cap_bytes``.
+
+    Raises ConfigError when even an exact upload would exceed the cap, so a run stops before clients train.
+    """
+    expected = schema_bytes(schema)
+    if expected > hard_cap_bytes:
+        raise ConfigError(
+            f"round-0 uploads for this generator and LoRA config are {expected / 2**20:.1f} MiB, over "
+            f"synthesis.max-upload-mb = {hard_cap_bytes / 2**20:g}; raise it to at least "
+            f"{math.ceil(expected * (1 + UPLOAD_MARGIN) / 2**20)}, or send fp16 (synthesis.upload-dtype = 'float16')"
+        )
+    return min(hard_cap_bytes, int(expected * (1 + UPLOAD_MARGIN)))
+
+
+def cast_floats(named: Mapping[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """Every floating-point entry cast to ``dtype`` (what a client sends), the others unchanged."""
+    return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in named.items()}
+
+
 def validate(named: Mapping[str, np.ndarray], schema: Schema, sender: str, max_bytes: int) -> None:
-    """Refuse an upload whose size, keys, shapes, dtypes or values differ from ``schema``."""
+    """Refuse an upload whose size, keys, shapes, dtypes or values differ from ``schema``.
+
+    A float32 entry may travel as float16 (WIRE_FLOATS); decode it with ``cast_floats(named, 'float32')``.
+    """
     size = sum(a.nbytes for a in named.values())
     if size > max_bytes:
         raise PayloadError(f"upload from {sender} is {size} bytes, over the limit of {max_bytes}")
@@ -80,7 +114,7 @@ def validate(named: Mapping[str, np.ndarray], schema: Schema, sender: str, max_b
             raise PayloadError(
                 f"upload from {sender}: '{name}' has shape {tuple(array.shape)}, expected {tuple(shape)}"
             )
-        if array.dtype.name != dtype:
+        if array.dtype.name not in WIRE_FLOATS.get(dtype, (dtype,)):
             raise PayloadError(f"upload from {sender}: '{name}' has dtype {array.dtype.name}, expected {dtype}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise PayloadError(f"upload from {sender}: '{name}' holds NaN or Inf values")

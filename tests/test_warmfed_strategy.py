@@ -588,3 +588,14 @@ def test_fp16_uploads_are_accepted_and_decoded_to_fp32(uploads, tiny_pipeline_di
         torch.from_numpy(half[protocol.EMBEDDINGS].astype(np.float32)),
         *(torch.from_numpy(v.astype(np.float32)) for v in payload.split_prefix(half, protocol.ADAPTER_PREFIX).values()),
         strat.cfg.generator.base, 4, 2, 3.0, strat.cfg.seed * 1000 + 1, 32)
+
+
+def test_full_size_generator_on_a_cpu_fallback_is_refused_unless_cpu_is_forced(tiny_pipeline_dir, tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setattr(warmstart, "CPU_LORA_MAX_PARAMETERS", 1000)
+    auto = config(tiny_pipeline_dir, tmp_path, device="auto")
+    with pytest.raises(warmstart.GeneratorError, match="client-resources-num-gpus.*device='cpu'"):
+        client_upload(auto, split("a", 0), CLASSES, torch.device("cpu"), tmp_path)
+    forced = config(tiny_pipeline_dir, tmp_path, device="cpu")
+    named, _ = client_upload(forced, split("a", 0), CLASSES, torch.device("cpu"), tmp_path)
+    assert payload.split_prefix(named, protocol.ADAPTER_PREFIX)

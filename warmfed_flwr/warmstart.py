@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionPipeline
 from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import ExperimentConfig
 from warmfed_flwr.data import ClientSplit
-from warmfed_flwr.errors import CheckpointError
+from warmfed_flwr.errors import CheckpointError, GeneratorError
 from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
@@ -47,6 +48,21 @@ def from_uint8(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.astype(np.float32) / 255.0)
 
 
+CPU_LORA_MAX_PARAMETERS = 50_000_000
+"""A UNet above this size (SD 1.5: 860M) is not LoRA-trained on a CPU that ``device='auto'`` fell back to."""
+
+
+def refuse_large_generator_on_cpu(pipe: StableDiffusionPipeline, cfg: ExperimentConfig, device: torch.device) -> None:
+    """Raise GeneratorError when a full-size UNet would train on CPU only because no GPU was visible."""
+    size = sum(p.numel() for p in pipe.unet.parameters())
+    if device.type == "cpu" and cfg.device == "auto" and cfg.lora.enabled and size > CPU_LORA_MAX_PARAMETERS:
+        raise GeneratorError(
+            f"generator '{cfg.generator.base}' has a {size / 1e6:.0f}M-parameter UNet and this client sees no CUDA "
+            "device; give client actors GPUs (--federation-config \"client-resources-num-gpus=0.5\") or set "
+            "device='cpu' to train its LoRA on CPU anyway"
+        )
+
+
 def client_upload(
     cfg: ExperimentConfig, split: ClientSplit, class_names: list[str], device: torch.device,
     cache_dir: Path, domain_phrase: str = "",
@@ -57,6 +73,7 @@ def client_upload(
     prompts, the LoRA config and the seed, so a rerun (an ablation of the later rounds) repeats round 0 exactly.
     """
     pipe = load_pipeline(resolve_base(cfg.generator, cache_dir, cfg.data.image_size), device, cfg.generator.dtype)
+    refuse_large_generator_on_cpu(pipe, cfg, device)
     prompts = class_prompts(cfg.generator.prompt_template, class_names, domain_phrase)
     key = synthesis_key("round-0 upload", pipe.unet.state_dict(), pipe.text_encoder.state_dict(), str(pipe.dtype),
                         split.train.tensors, prompts, cfg.generator.prompt_template, domain_phrase,

@@ -43,12 +43,35 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
             model.maxpool = nn.Identity()
     if cfg.pretrained_path:
-        try:
-            state = torch.load(cfg.pretrained_path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise ConfigError(
-                f"config key 'model.pretrained-path' = '{cfg.pretrained_path}' cannot be read ({exc}); "
-                "give a torch state_dict file saved with torch.save"
-            ) from exc
-        model.load_state_dict(state)
+        load_pretrained(model, cfg)
     return model
+
+
+def load_pretrained(model: nn.Module, cfg: ModelConfig) -> None:
+    """Load ``cfg.pretrained_path`` into ``model``; a classification head of another class count stays fresh.
+
+    The head is the model's last layer (its last two state entries: ResNet's ``fc``, the CNN's final Linear), so an
+    ImageNet ResNet-18 checkpoint starts a 10-class model. Any other missing, extra or differently shaped entry is
+    refused with one line naming it.
+    """
+    where = f"config key 'model.pretrained-path' = '{cfg.pretrained_path}'"
+    try:
+        state = torch.load(cfg.pretrained_path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"{where} cannot be read ({exc}); give a state_dict file saved with torch.save") from exc
+    if not isinstance(state, dict):
+        raise ConfigError(f"{where} holds a {type(state).__name__}, not a state_dict; save model.state_dict()")
+    own = model.state_dict()
+    head = set(list(own)[-2:])
+    stem_hint = "; set model.small-stem=false for an ImageNet checkpoint" if cfg.name == "resnet18" else ""
+    for key, value in own.items():
+        if key not in state and key not in head:
+            raise ConfigError(f"{where} lacks '{key}'; it was saved from another architecture than model.name")
+        if key in state and key not in head and tuple(state[key].shape) != tuple(value.shape):
+            raise ConfigError(f"{where}: '{key}' has shape {tuple(state[key].shape)}, the model {tuple(value.shape)}"
+                              + stem_hint)
+    extra = [key for key in state if key not in own]
+    if extra:
+        raise ConfigError(f"{where} has {len(extra)} entries the model lacks, e.g. '{extra[0]}'; check model.name")
+    kept = {k: v for k, v in state.items() if k not in head or tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(kept, strict=False)

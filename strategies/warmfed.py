@@ -159,6 +159,7 @@ class WarmFedStrategy(RecordingFedAvg):
             )
         started = time.perf_counter()
         synthetic = self.server.build_synthetic(sorted(((u.client, u.content) for u in accepted), key=lambda u: u[0]))
+        self.server.release_generator()
         self.recorder.add_time("synthesis", time.perf_counter() - started)
         started = time.perf_counter()
         weights = self.server.train_warm_start()

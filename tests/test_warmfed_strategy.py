@@ -599,3 +599,12 @@ def test_full_size_generator_on_a_cpu_fallback_is_refused_unless_cpu_is_forced(t
     forced = config(tiny_pipeline_dir, tmp_path, device="cpu")
     named, _ = client_upload(forced, split("a", 0), CLASSES, torch.device("cpu"), tmp_path)
     assert payload.split_prefix(named, protocol.ADAPTER_PREFIX)
+
+
+def test_server_releases_its_generator_after_round_zero(uploads, tiny_pipeline_dir, tmp_path):
+    strat, _ = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)
+    strat._fit_started = 0.0
+    strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(uploads["b"], "b")], [])
+    assert strat.server.pipe is None
+    with pytest.raises(warmstart.GeneratorError, match="released its generator"):
+        strat.server.upload_schema()

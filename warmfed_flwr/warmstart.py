@@ -128,20 +128,32 @@ class WarmStartServer:
         self.cache_dir = cache_dir
         self.output_dir = output_dir
         base = resolve_base(cfg.generator, cache_dir, cfg.data.image_size)
-        self.pipe = load_pipeline(base, device, cfg.generator.dtype)
+        self.pipe: StableDiffusionPipeline | None = load_pipeline(base, device, cfg.generator.dtype)
         self.model = seeded_model(cfg.model, len(class_names), cfg.seed)
         self.synthetic: SyntheticSet | None = None
         self.subset: TensorDataset | None = None
         self.synthesis_keys: dict[str, str] = {}
         self.subset_index: torch.Tensor | None = None
 
+    def generator(self) -> StableDiffusionPipeline:
+        """The resident pipeline; refused once :meth:`release_generator` ran."""
+        if self.pipe is None:
+            raise GeneratorError("the server released its generator after round 0's synthesis; later rounds use none")
+        return self.pipe
+
+    def release_generator(self) -> None:
+        """Drop the pipeline once round 0 has synthesized (and return its cached GPU memory): later rounds need none."""
+        self.pipe = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def upload_schema(self) -> payload.Schema:
         """Entry names, shapes and dtypes a round-0 upload must have."""
-        reference = prompt_embeddings(self.pipe, class_prompts(self.cfg.generator.prompt_template,
-                                                               self.class_names))
+        reference = prompt_embeddings(self.generator(), class_prompts(self.cfg.generator.prompt_template,
+                                                                      self.class_names))
         schema: dict[str, tuple[tuple[int, ...], str]] = {protocol.EMBEDDINGS: (tuple(reference.shape), "float32")}
         if self.cfg.lora.enabled:
-            for key, (shape, _dtype) in adapter_schema(self.pipe, self.cfg.lora).items():
+            for key, (shape, _dtype) in adapter_schema(self.generator(), self.cfg.lora).items():
                 schema[protocol.ADAPTER_PREFIX + key] = (tuple(shape), "float32")
         return schema
 
@@ -158,8 +170,9 @@ class WarmStartServer:
         self.synthesis_keys[client] = key
 
         def make() -> tuple[torch.Tensor, torch.Tensor]:
-            with use_adapter(self.pipe, adapter, client) if adapter else nullcontext():
-                return synthesize(self.pipe, embeddings, syn.images_per_class, syn.steps, syn.guidance,
+            pipe = self.generator()
+            with use_adapter(pipe, adapter, client) if adapter else nullcontext():
+                return synthesize(pipe, embeddings, syn.images_per_class, syn.steps, syn.guidance,
                                   syn.batch_size, seed, size=size)
 
         images, labels = cached_synthesis(self.cache_dir / "synthetic", key, make)

@@ -6,9 +6,12 @@ foreground colour over a crop of scikit-learn's sample photos (the crops the VAE
 from it and score the adapters it gives with `benchmarks.diagnose_lora`:
 
     python -m benchmarks.colour_public_pool --out /tmp/colour_pool
-    warmfed-build-foundation --steps 2000 --source /tmp/colour_pool
+    warmfed-build-foundation --steps 8000 --source /tmp/colour_pool
     python -m benchmarks.diagnose_lora --set generator.foundation-source=/tmp/colour_pool \\
-        generator.foundation-steps=2000 --only "no adapter (FGL)" default --out results/diagnose_lora_colour.md
+        generator.foundation-steps=8000 --only "no adapter (FGL)" default --out results/diagnose_lora_colour.md
+
+A 2,000-step build is too short to test anything: on its own holdout it reached class fidelity 19.6 % and
+train-on-synthetic 22.0 % (train-on-real 86.8 %), 1,005 s on 2 cores.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from warmfed_flwr.data import default_cache_dir
@@ -64,5 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
     main()

@@ -29,7 +29,7 @@ from warmfed_flwr.data import ClientSplit, default_cache_dir, load_benchmark
 from warmfed_flwr.data.partition import stratified_split
 from warmfed_flwr.protocol import EMBEDDINGS
 from warmfed_flwr.training import evaluate, get_weights, resolve_device, seed_everything, set_weights
-from warmfed_flwr.warmstart import WarmStartServer, client_upload, globalize_client
+from warmfed_flwr.warmstart import WarmStartServer, client_upload, default_domain_phrase, globalize_client
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "warm start + FedAvg (no synthetic fine-tuning)": {"client_syn_finetune": False, "server_finetune": False},
@@ -97,7 +97,7 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path) -> dict[str,
     class_names, clients = validation_splits(cfg, cache_dir)
     uploads = []
     for client in clients:
-        phrase = client.domain if cfg.generator.domain_prompts and client.domain != "mixed" else ""
+        phrase = default_domain_phrase(cfg.generator, client.domain)
         named, _ = client_upload(cfg, client, class_names, device, cache_dir, phrase)
         uploads.append((client.name, named))
     validation = {client.name: client.test for client in clients}

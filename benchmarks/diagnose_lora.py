@@ -21,14 +21,15 @@ from typing import Any
 
 import torch
 import yaml
+from torch.utils.data import TensorDataset
 
 from benchmarks.diagnose_globalization import validation_splits
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.data import default_cache_dir
 from warmfed_flwr.models import seeded_model
 from warmfed_flwr.protocol import EMBEDDINGS
-from warmfed_flwr.training import resolve_device, seed_everything, train_epochs
-from warmfed_flwr.warmstart import WarmStartServer, client_upload
+from warmfed_flwr.training import predict_logits, resolve_device, seed_everything, train_epochs
+from warmfed_flwr.warmstart import WarmStartServer, client_upload, default_domain_phrase
 
 ATTN_SELF_AND_CONV = "attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0,conv1,conv2"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -44,11 +45,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def real_judges(cfg: ExperimentConfig, clients: list, device: torch.device) -> dict[str, torch.nn.Module]:
+def real_judges(cfg: ExperimentConfig, clients: list, num_classes: int,
+                device: torch.device) -> dict[str, torch.nn.Module]:
     """Per client, a classifier trained on its real fit part: it scores how recognisable synthetic classes are."""
     judges = {}
     for client in clients:
-        judge = seeded_model(cfg.model, 10, cfg.seed)
+        judge = seeded_model(cfg.model, num_classes, cfg.seed)
         train_epochs(judge, client.train, epochs=cfg.warmfed.warm_epochs, lr=cfg.train.lr,
                      batch_size=cfg.train.batch_size, device=device, seed=cfg.seed)
         judges[client.name] = judge.eval()
@@ -57,9 +59,7 @@ def real_judges(cfg: ExperimentConfig, clients: list, device: torch.device) -> d
 
 def fidelity(judge: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
     """Share of synthetic images the real-data judge labels with their prompt's class."""
-    with torch.no_grad():
-        predicted = torch.cat([judge(images[i:i + 256].to(device)).argmax(1).cpu()
-                               for i in range(0, len(images), 256)])
+    predicted = predict_logits(judge, TensorDataset(images, labels), device).argmax(1)
     return float((predicted == labels).float().mean())
 
 
@@ -70,7 +70,7 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path, out_dir: Pat
     device = resolve_device(base_cfg.device)
     class_names, clients = validation_splits(base_cfg, cache_dir)
     clients = [client for client in clients if not domains or client.domain in domains]
-    judges = real_judges(base_cfg, clients, device)
+    judges = real_judges(base_cfg, clients, len(class_names), device)
     results: dict[str, dict[str, tuple]] = {}
     for name, change in VARIANTS.items():
         started = time.perf_counter()
@@ -78,7 +78,7 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path, out_dir: Pat
         cfg = resolve({**overrides, **change, "seed": seed})
         uploads = []
         for client in clients:
-            phrase = client.domain if cfg.generator.domain_prompts and client.domain != "mixed" else ""
+            phrase = default_domain_phrase(cfg.generator, client.domain)
             named, _ = client_upload(cfg, client, class_names, device, cache_dir, phrase)
             uploads.append((client.name, named if cfg.lora.enabled else {EMBEDDINGS: named[EMBEDDINGS]}))
         slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
@@ -98,8 +98,10 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path, out_dir: Pat
 
 
 def _cell(values: list[float]) -> str:
-    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}" if len(values) > 1 else f"{100 * values[0]:.1f}"
+    """A percentage, with ± the population std when there are several seeds."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.pstdev(values):.1f}"
 
 
 def main() -> None:

@@ -9,8 +9,7 @@ from torch.utils.data import TensorDataset
 from clients.base import FederatedClient
 from clients.state import load_arrays, save_arrays
 from warmfed_flwr import faults, payload, protocol
-from warmfed_flwr.data.partition import MIXED_DOMAIN
-from warmfed_flwr.warmstart import client_upload, from_uint8, globalize_client
+from warmfed_flwr.warmstart import client_upload, default_domain_phrase, from_uint8, globalize_client
 
 SUBSET = "synthetic-subset"
 
@@ -47,8 +46,7 @@ class WarmFedClient(FederatedClient):
 
     def default_domain_phrase(self) -> str:
         """The client's domain name when ``generator.domain-prompts`` is on and the client holds one domain."""
-        domain = self.split.domain
-        return domain if self.cfg.generator.domain_prompts and domain != MIXED_DOMAIN else ""
+        return default_domain_phrase(self.cfg.generator, self.split.domain)
 
     def synthetic_subset(self) -> TensorDataset | None:
         """The synthetic subset the server sent once, kept in state."""

@@ -91,7 +91,7 @@ def upload_limit(schema: Schema, hard_cap_bytes: int) -> int:
 
 def cast_floats(named: Mapping[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
     """Every floating-point entry cast to ``dtype`` (what a client sends), the others unchanged."""
-    return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in named.items()}
+    return {k: v.astype(dtype, copy=False) if v.dtype.kind == "f" else v for k, v in named.items()}
 
 
 def validate(named: Mapping[str, np.ndarray], schema: Schema, sender: str, max_bytes: int) -> None:

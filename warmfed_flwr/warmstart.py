@@ -16,8 +16,9 @@ from diffusers import StableDiffusionPipeline
 from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from warmfed_flwr import payload, protocol
-from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr.config import ExperimentConfig, GeneratorConfig
 from warmfed_flwr.data import ClientSplit
+from warmfed_flwr.data.partition import MIXED_DOMAIN
 from warmfed_flwr.errors import CheckpointError, GeneratorError
 from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
@@ -46,6 +47,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def from_uint8(images: np.ndarray) -> torch.Tensor:
     """Inverse of :func:`to_uint8`."""
     return torch.from_numpy(images.astype(np.float32) / 255.0)
+
+
+def default_domain_phrase(cfg: GeneratorConfig, domain: str) -> str:
+    """A client's domain name as its prompts' domain phrase when ``generator.domain-prompts`` is on; none for mixes."""
+    return domain if cfg.domain_prompts and domain != MIXED_DOMAIN else ""
 
 
 CPU_LORA_MAX_PARAMETERS = 50_000_000

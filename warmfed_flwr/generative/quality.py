@@ -15,7 +15,7 @@ from warmfed_flwr.generative.images import dataset_tensors
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import synthesize
 from warmfed_flwr.models import seeded_model
-from warmfed_flwr.training import evaluate, resolve_device, train_epochs
+from warmfed_flwr.training import evaluate, predict_logits, resolve_device, train_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def foundation_quality(
     judge = seeded_model(ModelConfig(), num_classes, seed)
     train_epochs(judge, real_train, **train_kwargs)
     _, real_accuracy = evaluate(judge, real_test, device)
-    judge.eval()
-    with torch.no_grad():
-        predicted = torch.cat([judge(images[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, len(images), 256)])
+    predicted = predict_logits(judge, synthetic, device).argmax(1)
     per_class = {
         name: float((predicted[labels == c] == c).float().mean()) for c, name in enumerate(class_names)
     }

@@ -98,6 +98,14 @@ def flwr_run(
                           text=True, timeout=timeout)
 
 
+def run_statuses(procs: Processes) -> list[str]:
+    """The status of every run the SuperLink knows ('finished:completed', 'finished:failed', ...), oldest first."""
+    done = subprocess.run([str(BIN / "flwr"), "ls", "test", "--format", "json"], env=procs.env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=True)
+    runs = json.loads(done.stdout)["runs"]
+    return [run["status"] for run in sorted(runs, key=lambda run: run["run-id"])]
+
+
 def read_metrics(run_dir: Path) -> dict:
     """The metrics.json a finished run wrote; NaN or Infinity in it (not strict JSON) fails the test."""
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flower_harness import Processes, flwr_run, read_metrics, start_superlink
+from tests.flower_harness import Processes, flwr_run, read_metrics, run_statuses, start_superlink
 
 DOMAINS = ["mnist", "digits", "fonts", "mnistm"]
 
@@ -47,6 +47,7 @@ def test_bad_config_stops_the_run_with_one_line(simulation, tmp_path, shared_cac
     output = done.stdout + done.stderr
     assert "ConfigError: config key 'train.rounds' = 0 must be a positive integer" in output
     assert not (tmp_path / "run").exists()
+    assert run_statuses(simulation)[-1] == "finished:failed", "a stopped run must not be recorded as completed"
 
 
 def test_unknown_override_key_is_refused_before_the_run(simulation, tmp_path, shared_cache):

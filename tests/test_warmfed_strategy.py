@@ -16,6 +16,7 @@ from warmfed_flwr import payload, protocol, warmstart
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.data.partition import MIXED_DOMAIN
+from warmfed_flwr.errors import RunStoppedError
 from warmfed_flwr.models import SmallCNN, seeded_model
 from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX, RunRecorder, summarize
 from warmfed_flwr.training import get_weights, predict_logits, set_weights
@@ -251,9 +252,8 @@ def test_round_zero_with_too_few_valid_uploads_stops_with_one_line(uploads, tiny
     strat, recorder = strategy(config(tiny_pipeline_dir, tmp_path, **{"train.min-fit-clients": 2}), tmp_path,
                                domains=["a", "b"])
     strat._fit_started = 0.0
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(RunStoppedError, match="^FederationError: round 0 got 1 valid upload"):
         strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(_corrupt(uploads["b"], "nan"), "b")], [])
-    assert info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("FederationError: round 0 got 1 valid upload(s) (a), fewer than train.min-fit-clients = 2")
     assert [e["domain"] for e in recorder.events if e["kind"] == "domain_left_out"] == ["b"]

@@ -5,6 +5,14 @@ class WarmFedError(Exception):
     """Base class for errors the apps report as one line."""
 
 
+class RunStoppedError(Exception):
+    """A project error already reported in one line; Flower records the run (or a client's reply) as failed.
+
+    Deliberately not a WarmFedError (so it is never reported twice) and not a SystemExit, which Flower's
+    ServerApp runtime does not catch: a run ended by SystemExit is recorded as ``finished:completed``.
+    """
+
+
 class ConfigError(WarmFedError):
     """A configuration key is unknown, mistyped or out of range."""
 

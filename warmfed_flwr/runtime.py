@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from warmfed_flwr.config import ExperimentConfig
 from warmfed_flwr.data import default_cache_dir
-from warmfed_flwr.errors import ConfigError, WarmFedError
+from warmfed_flwr.errors import ConfigError, RunStoppedError, WarmFedError
 
 logger = logging.getLogger("warmfed_flwr")
 T = TypeVar("T")
@@ -36,8 +36,9 @@ def cache_dir(cfg: ExperimentConfig) -> Path:
 
 
 def run_dir(cfg: ExperimentConfig) -> Path:
-    """The directory this run writes its results to."""
-    name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.experiment}-{cfg.algorithm}-s{cfg.seed}"
+    """The directory this run writes its results to (a nested experiment's '/' become '-': paper-pacs)."""
+    experiment = Path(cfg.experiment).with_suffix("").as_posix().strip("/").replace("/", "-")
+    name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{experiment}-{cfg.algorithm}-s{cfg.seed}"
     return absolute_path("output-dir", cfg.output_dir) / name
 
 
@@ -56,7 +57,11 @@ def show_logs_in_flower_output() -> None:
 
 
 def one_line_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn a project error raised by ``fn`` into one logged line and a failed run, without a traceback."""
+    """Turn a project error raised by ``fn`` into one logged line, then stop with :class:`RunStoppedError`.
+
+    Flower catches the RunStoppedError: a ServerApp's run ends as ``finished:failed`` (``flwr ls``), a client's reply
+    counts as failed.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
@@ -65,6 +70,6 @@ def one_line_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except WarmFedError as exc:
             logger.error("%s: %s", type(exc).__name__, exc)
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            raise RunStoppedError(f"{type(exc).__name__}: {exc}") from None
 
     return wrapper

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,18 +117,31 @@ class RunRecorder:
         return summary
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders embedded numbers by value: client-2 before client-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def run_title(config: dict[str, Any]) -> str:
+    """What ran: the algorithm (with its personalization), the experiment file and the seed."""
+    method = str(config.get("algorithm"))
+    if config.get("personalization.method", "none") != "none":
+        method += f" + {config['personalization.method']}"
+    return f"{method} (experiment {config.get('experiment')}, seed {config.get('seed')})"
+
+
 def _series(rounds: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     return [(r["round"], r[key]) for r in rounds if isinstance(r.get(key), (int, float))]
 
 
 def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_seconds: dict[str, float]) -> str:
     """A markdown summary: pooled and per-domain global accuracy, personalized accuracy, bytes, time."""
-    lines = [f"# {config.get('experiment')} ({config.get('algorithm')}, seed {config.get('seed')})", ""]
+    lines = [f"# {run_title(config)}", ""]
     evaluated = [r for r in rounds if "global_acc_pooled" in r]
     if evaluated:
         last, best = evaluated[-1], max(evaluated, key=lambda r: r["global_acc_pooled"])
-        domains = sorted(k.removeprefix("global_acc_") for k in last
-                         if k.startswith("global_acc_") and k != "global_acc_pooled")
+        domains = sorted((k.removeprefix("global_acc_") for k in last
+                          if k.startswith("global_acc_") and k != "global_acc_pooled"), key=natural_key)
         lines += ["## Global model accuracy (%)", "", "| round | pooled | " + " | ".join(domains) + " |",
                   "|---" * (len(domains) + 2) + "|"]
         for row in evaluated:
@@ -138,7 +152,7 @@ def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_second
     quality = {k.removeprefix(SYNTHETIC_QUALITY_PREFIX): v for r in rounds if r.get("round") == 0
                for k, v in r.items() if k.startswith(SYNTHETIC_QUALITY_PREFIX)}
     if quality:
-        names = sorted(quality)
+        names = sorted(quality, key=natural_key)
         mean = sum(quality.values()) / len(names)
         lines += ["## Synthetic data quality per client (%)", "",
                   "A classifier trained on one client's synthetic images only, tested on its real test split.", "",

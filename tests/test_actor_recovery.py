@@ -2,11 +2,18 @@
 
 from types import SimpleNamespace
 
+import flwr
 import pytest
 from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from ray.exceptions import ActorDiedError
 
+from tests.flower_harness import ROOT
 from warmfed_flwr import actor_recovery
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 def actor(actor_id: str) -> SimpleNamespace:
@@ -43,3 +50,21 @@ def test_install_wraps_process_message_once_and_reraises(monkeypatch):
     with pytest.raises(ActorDiedError):
         wrapped(backend, "message", "context")
     assert ids(backend.pool) == ["fresh", "alive"]
+
+
+def test_the_installed_flower_is_a_tested_one_and_pyproject_pins_exactly_those():
+    assert actor_recovery.flower_minor(flwr.__version__) in actor_recovery.TESTED_FLOWER, flwr.__version__
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    low, high = actor_recovery.TESTED_FLOWER[0], actor_recovery._next_minor(actor_recovery.TESTED_FLOWER[-1])
+    assert f"flwr[simulation]>={low},<{high}" in dependencies
+
+
+def test_an_untested_flower_is_not_patched_and_says_so(monkeypatch, caplog):
+    def untouched(self, message, context):
+        return "reply"
+
+    monkeypatch.setattr(RayBackend, "process_message", untouched)
+    monkeypatch.setattr(flwr, "__version__", "1.99.0")
+    assert not actor_recovery.install()
+    assert RayBackend.process_message is untouched
+    assert "Flower 1.99.0 is untested here (tested: 1.41, 1.42)" in caplog.text

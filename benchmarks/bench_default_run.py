@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,15 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
+LOCAL_SUPERLINK = ("127.0.0.1", 39091)
+"""Where `flwr run .` starts (or finds and reuses) its local SuperLink."""
+
+
+def listening(address: tuple[str, int]) -> bool:
+    """Whether something accepts TCP connections at ``address``."""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(address) == 0
 
 
 def tree_processes(flwr_home: str) -> list[psutil.Process]:
@@ -66,6 +76,7 @@ class PeakSampler(threading.Thread):
         super().__init__(daemon=True)
         self.flwr_home, self.interval = flwr_home, interval
         self.peak_pss = self.peak_rss = self.peak_processes = 0
+        self.saw_superlink = False
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -74,7 +85,15 @@ class PeakSampler(threading.Thread):
             pss, rss = memory_of(processes)
             self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
             self.peak_processes = max(self.peak_processes, len(processes))
+            self.saw_superlink = self.saw_superlink or any(_is_superlink(proc) for proc in processes)
             self.stopped.wait(self.interval)
+
+
+def _is_superlink(proc: psutil.Process) -> bool:
+    try:
+        return any("flower-superlink" in part for part in proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
 
 
 def stop_tree(flwr_home: str) -> None:
@@ -94,6 +113,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the run directory and fresh cache")
     args = parser.parse_args()
 
+    if listening(LOCAL_SUPERLINK):
+        sys.exit(f"a SuperLink already listens on {LOCAL_SUPERLINK[0]}:{LOCAL_SUPERLINK[1]}; `flwr run .` would send "
+                 "the run there, outside the process tree this benchmark measures: stop it (pkill -f flower-superlink)")
     work = Path(tempfile.mkdtemp(prefix="bench-default-"))
     flwr_home = str(work / "flwr-home")
     cache = Path(args.cache_dir).resolve() if args.cache_dir else work / "cache"
@@ -119,6 +141,9 @@ def main() -> None:
         print("\n".join(done.stdout.splitlines()[-40:]))
         state = "present" if metrics_path.is_file() else "missing"
         sys.exit(f"the run failed (exit {done.returncode}, metrics.json {state})")
+    if not sampler.saw_superlink:
+        sys.exit("the sampled processes never included this run's SuperLink, so the memory figures are not the run's; "
+                 "check that no other SuperLink took the run")
     metrics = json.loads(metrics_path.read_text())
     last = metrics["rounds"][-1]
     print(f"wall: {wall:.0f} s ({wall / 60:.1f} min), flwr exit {done.returncode}")

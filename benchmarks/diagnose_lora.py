@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 from benchmarks.diagnose_globalization import validation_splits
 from warmfed_flwr.config import ExperimentConfig, resolve
@@ -57,9 +57,9 @@ def real_judges(cfg: ExperimentConfig, clients: list, num_classes: int,
     return judges
 
 
-def fidelity(judge: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+def fidelity(judge: torch.nn.Module, synthetic: Dataset, labels: torch.Tensor, device: torch.device) -> float:
     """Share of synthetic images the real-data judge labels with their prompt's class."""
-    predicted = predict_logits(judge, TensorDataset(images, labels), device).argmax(1)
+    predicted = predict_logits(judge, synthetic, device).argmax(1)
     return float((predicted == labels).float().mean())
 
 
@@ -88,7 +88,7 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path, out_dir: Pat
         row = {}
         for client in clients:
             mine = torch.tensor([i for i, source in enumerate(synthetic.sources) if source == client.name])
-            row[client.name] = (tstr[client.name], fidelity(judges[client.name], synthetic.images[mine],
+            row[client.name] = (tstr[client.name], fidelity(judges[client.name], synthetic.dataset(mine),
                                                             synthetic.labels[mine], device))
         results[name] = row
         print(f"seed {seed} {name}: " + ", ".join(f"{c} tstr {100 * t:.1f} fid {100 * f:.1f}"

@@ -14,7 +14,7 @@ from flwr.common import NDArrays, Scalar
 from clients.state import load_arrays, save_arrays
 from warmfed_flwr import faults, payload, personalization, protocol
 from warmfed_flwr.config import ExperimentConfig
-from warmfed_flwr.data import Benchmark, ClientSplit
+from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.models import build_model
 from warmfed_flwr.training import evaluate, get_weights, proximal_term, set_weights, train_epochs
 
@@ -28,11 +28,11 @@ LOCAL_BN = "fedbn-local"
 class FederatedClient(NumPyClient):
     """Trains the received weights on the client's private split; keeps a personalized model in state."""
 
-    def __init__(self, cfg: ExperimentConfig, benchmark: Benchmark, partition_id: int, context: Context,
-                 device: torch.device, cache_dir: Path) -> None:
+    def __init__(self, cfg: ExperimentConfig, class_names: list[str], split: ClientSplit, partition_id: int,
+                 context: Context, device: torch.device, cache_dir: Path) -> None:
         self.cfg = cfg
-        self.class_names = benchmark.class_names
-        self.split: ClientSplit = benchmark.clients[partition_id]
+        self.class_names = class_names
+        self.split = split
         self.partition_id = partition_id
         self.context = context
         self.device = device
@@ -56,7 +56,7 @@ class FederatedClient(NumPyClient):
             regularizer = proximal_term([p for p in self.model.parameters()], mu)
         loss = train_epochs(self.model, self.split.train, epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
                             device=self.device, seed=self.seed + algo_round, momentum=t.momentum,
-                            weight_decay=t.weight_decay, regularizer=regularizer)
+                            weight_decay=t.weight_decay, regularizer=regularizer, augment=t.augment)
         metrics = self.personalize(global_weights, algo_round, int(config[protocol.TOTAL_ROUNDS]))
         weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, get_weights(self.model),
                                               len(self.split.train))

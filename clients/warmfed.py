@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 from flwr.common import NDArrays, Scalar
-from torch.utils.data import TensorDataset
 
 from clients.base import FederatedClient
 from clients.state import load_arrays, save_arrays
 from warmfed_flwr import faults, payload, protocol
-from warmfed_flwr.warmstart import client_upload, default_domain_phrase, from_uint8, globalize_client
+from warmfed_flwr.data import ImageArrayDataset
+from warmfed_flwr.warmstart import client_upload, default_domain_phrase, globalize_client
 
 SUBSET = "synthetic-subset"
 
@@ -48,10 +48,10 @@ class WarmFedClient(FederatedClient):
         """The client's domain name when ``generator.domain-prompts`` is on and the client holds one domain."""
         return default_domain_phrase(self.cfg.generator, self.split.domain)
 
-    def synthetic_subset(self) -> TensorDataset | None:
-        """The synthetic subset the server sent once, kept in state."""
+    def synthetic_subset(self) -> ImageArrayDataset | None:
+        """The synthetic subset the server sent once (uint8 [N, 3, H, W] on the wire), kept in state as uint8."""
         kept = load_arrays(self.context, SUBSET)
         if kept is None:
             return None
-        return TensorDataset(from_uint8(kept[protocol.SYNTHETIC_IMAGES]),
-                             torch.from_numpy(kept[protocol.SYNTHETIC_LABELS]))
+        images = np.ascontiguousarray(kept[protocol.SYNTHETIC_IMAGES].transpose(0, 2, 3, 1))
+        return ImageArrayDataset(images, kept[protocol.SYNTHETIC_LABELS].astype(np.int64))

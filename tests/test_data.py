@@ -443,7 +443,7 @@ def test_hub_dataset_to_domains() -> None:
 
 def test_hub_benchmark_through_load_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = _hub_dataset()
-    monkeypatch.setattr(hub, "fetch_dataset", lambda hub_id: dataset)
+    monkeypatch.setattr(hub, "fetch_dataset", lambda hub_id, config="": dataset)
     cfg = DataConfig(source="hub", hub_id="someone/insects", hub_image_column="img", hub_label_column="fine_label",
                      hub_domain_column="style", num_clients=2, image_size=16)
     bench = load_benchmark(cfg, seed=0, cache_dir=tmp_path)

@@ -29,7 +29,14 @@ from warmfed_flwr.generative.lora import (
 )
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
-from warmfed_flwr.generative.synthesis import cached_synthesis, save_grid, synthesis_key, synthesize
+from warmfed_flwr.generative.synthesis import (
+    GRID_MAX_CLASSES,
+    cached_synthesis,
+    quantize,
+    save_grid,
+    synthesis_key,
+    synthesize,
+)
 from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
 from warmfed_flwr.generative.tokenizer import MAX_TOKENS, VOCABULARY, build_tokenizer
 
@@ -259,16 +266,20 @@ def test_validate_adapter_refuses(pipe, problem: str) -> None:
 def test_cached_synthesis_reuses_file(tmp_path: Path) -> None:
     calls = []
 
-    def make() -> tuple[torch.Tensor, torch.Tensor]:
+    floats = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def make():
         calls.append(1)
-        return torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(6) % 3
+        yield floats[:4], torch.arange(4) % 3
+        yield floats[4:], torch.arange(4, 6) % 3
 
     key = synthesis_key(torch.ones(2, 3), {"steps": 10, "guidance": 3.0}, SMALL_LORA, "tiny")
     images, labels = cached_synthesis(tmp_path, key, make)
     again_images, again_labels = cached_synthesis(tmp_path, key, make)
     assert len(calls) == 1
-    assert torch.equal(images, again_images) and torch.equal(labels, again_labels)
-    assert labels.dtype == torch.int64 and images.dtype == torch.float32
+    assert np.array_equal(images, again_images) and np.array_equal(labels, again_labels)
+    assert labels.dtype == np.int64 and images.dtype == np.uint8 and images.shape == (6, 8, 8, 3)
+    assert np.array_equal(images, quantize(floats).transpose(0, 2, 3, 1))
     with np.load(tmp_path / f"{key}.npz", allow_pickle=False) as stored:
         assert stored["images"].dtype == np.uint8 and stored["images"].shape == (6, 3, 8, 8)
     assert not [p for p in tmp_path.iterdir() if p.suffix != ".npz"]
@@ -281,16 +292,23 @@ def test_synthesis_key_tracks_inputs() -> None:
     assert base != synthesis_key(torch.ones(3, dtype=torch.float64), {"a": 1, "b": 2.0}, "x")
     assert base != synthesis_key(torch.ones(3), {"a": 1, "b": 2.5}, "x")
     with pytest.raises(GeneratorError, match="file-safe"):
-        cached_synthesis(Path("/tmp"), "../escape", lambda: (torch.zeros(1), torch.zeros(1)))
+        cached_synthesis(Path("/tmp"), "../escape", lambda: [(torch.zeros(1), torch.zeros(1))])
 
 
 def test_save_grid_has_one_row_per_class(tmp_path: Path) -> None:
-    images = torch.rand(7, 3, 8, 8)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    images = np.random.default_rng(0).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0])
     path = tmp_path / "grids" / "grid.png"
     save_grid(images, labels, path, per_class=4)
     width, height = Image.open(path).size
     assert (width, height) == (4 * 9 + 1, 3 * 9 + 1)
+
+
+def test_save_grid_caps_its_rows(tmp_path: Path) -> None:
+    """A 345-class set draws GRID_MAX_CLASSES rows, not 345."""
+    images = np.zeros((345, 4, 4, 3), dtype=np.uint8)
+    save_grid(images, np.arange(345), tmp_path / "grid.png", per_class=2)
+    assert Image.open(tmp_path / "grid.png").size[1] == GRID_MAX_CLASSES * 5 + 1
 
 
 def _tiny_spec(**changes) -> FoundationSpec:

@@ -132,6 +132,16 @@ def test_resume_restores_the_record_and_skips_the_rounds_done(tmp_path):
     assert fresh.store.paths() == [], "a fresh run of the same name drops the old checkpoints"
 
 
+@pytest.mark.parametrize(("overrides", "kept"), [
+    ({"algorithm": "local"}, "local models"),
+    ({"personalization.method": "dsd"}, "'dsd' personalized state"),
+    ({"algorithm": "fedavg", "personalization.method": "fedbn"}, "'fedbn' personalized state"),
+])
+def test_client_state_that_checkpoints_do_not_hold_refuses_resume(overrides, kept):
+    with pytest.raises(ConfigError, match=f"'resume' = true cannot restore the clients' {kept}"):
+        resolve({**overrides, "run-name": "r", "resume": True})
+
+
 def test_centralized_cannot_resume():
     with pytest.raises(ConfigError, match="'resume' = true is not supported for 'algorithm' = 'centralized'"):
         resolve({"algorithm": "centralized", "run-name": "r", "resume": True})
@@ -142,7 +152,7 @@ def test_warm_start_state_reloads_from_the_cache_or_names_the_missing_entry(tiny
     cache = tmp_path / "synthetic"
     images, labels = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
     for key in ("a" * 64, "b" * 64):
-        cached_synthesis(cache, key, lambda: (images, labels))
+        cached_synthesis(cache, key, lambda: [(images, labels)])
     state = {"synthesis": [["mnist", "a" * 64], ["fonts", "b" * 64]], "subset_index": [0, 7]}
     server = WarmStartServer(cfg, ["zero", "one", "two"], torch.device("cpu"), tmp_path, tmp_path / "run")
     server.restore_checkpoint_state(state)

@@ -14,9 +14,10 @@ from clients.warmfed import WarmFedClient
 from strategies.warmfed import WarmFedStrategy
 from warmfed_flwr import payload, protocol, warmstart
 from warmfed_flwr.config import resolve
-from warmfed_flwr.data import ClientSplit
+from warmfed_flwr.data import ClientSplit, ImageArrayDataset
 from warmfed_flwr.data.partition import MIXED_DOMAIN
 from warmfed_flwr.errors import RunStoppedError
+from warmfed_flwr.generative.synthesis import quantize
 from warmfed_flwr.models import SmallCNN, seeded_model
 from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX, RunRecorder, summarize
 from warmfed_flwr.training import get_weights, predict_logits, set_weights
@@ -24,9 +25,7 @@ from warmfed_flwr.warmstart import (
     WarmStartServer,
     balanced_subset,
     client_upload,
-    from_uint8,
     globalize_client,
-    to_uint8,
 )
 
 CLASSES = ["zero", "one", "two"]
@@ -157,7 +156,7 @@ def test_adapters_change_the_synthetic_images(uploads, tiny_pipeline_dir, tmp_pa
     server = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)[0].server
     with_adapter = server.synthesize_client("a", uploads["a"], seed=0)[0]
     prompts_only = server.synthesize_client("a0", {protocol.EMBEDDINGS: uploads["a"][protocol.EMBEDDINGS]}, seed=0)[0]
-    assert not torch.equal(with_adapter, prompts_only)
+    assert not np.array_equal(with_adapter, prompts_only)
 
 
 def test_clients_with_identical_prompts_get_distinct_images(uploads, tiny_pipeline_dir, tmp_path):
@@ -166,7 +165,7 @@ def test_clients_with_identical_prompts_get_distinct_images(uploads, tiny_pipeli
     prompts = {protocol.EMBEDDINGS: uploads["a"][protocol.EMBEDDINGS]}
     synthetic = strat.server.build_synthetic([("a", prompts), ("b", prompts)])
     half = len(synthetic.labels) // 2
-    assert not torch.equal(synthetic.images[:half], synthetic.images[half:])
+    assert not np.array_equal(synthetic.images[:half], synthetic.images[half:])
 
 
 def _globalize_bundle(strat, client_manager_clients, parameters):
@@ -267,9 +266,9 @@ def _bn_buffer_index(model: torch.nn.Module) -> list[int]:
                                                                        "num_batches_tracked")]
 
 
-def _synthetic_subset(n: int = 12, seed: int = 7) -> TensorDataset:
-    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    return TensorDataset(from_uint8(to_uint8(images)), torch.arange(n) % 3)
+def _synthetic_subset(n: int = 12, seed: int = 7) -> ImageArrayDataset:
+    images = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return ImageArrayDataset(images, np.arange(n) % 3)
 
 
 @pytest.mark.parametrize("bn_stats", ["frozen", "update"])
@@ -474,11 +473,17 @@ def _separable(n: int, seed: int, shift: int = 0) -> TensorDataset:
     return TensorDataset(images, (labels + shift) % 3)
 
 
+def _uint8(dataset: TensorDataset) -> tuple[np.ndarray, torch.Tensor]:
+    """A float TensorDataset as the server keeps synthetic images: uint8 [N, H, W, 3] and labels."""
+    images, labels = dataset.tensors
+    return np.ascontiguousarray(quantize(images).transpose(0, 2, 3, 1)), labels
+
+
 def test_synthetic_quality_judges_each_client_by_its_own_images(tiny_pipeline_dir, tmp_path):
     cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.warm-epochs": 8, "train.batch-size": 8})
     server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
     good, wrong = _separable(24, 0), _separable(24, 1, shift=1)
-    server._keep([("good", *good.tensors), ("wrong", *wrong.tensors), ("untested", *good.tensors)])
+    server._keep([("good", *_uint8(good)), ("wrong", *_uint8(wrong)), ("untested", *_uint8(good))])
     test = _separable(12, 2)
     quality = server.synthetic_quality({"good": test, "wrong": test, "absent": test})
     assert set(quality) == {"good", "wrong"}
@@ -554,18 +559,20 @@ def test_server_ensemble_distillation_refuses_to_run_without_client_weights(tiny
         server.finetune(get_weights(server.model), 1)
 
 
-def test_server_synthesizes_at_the_classifier_size_not_the_generator_size(tmp_path):
-    """A generator whose native size (64 px) exceeds data.image-size (32 px) still yields 32-px training images."""
-    from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
+@pytest.mark.parametrize("cross_attention_dim", [768, 1024])
+def test_server_synthesizes_at_the_classifier_size_not_the_generator_size(tmp_path, cross_attention_dim):
+    """An SD-shaped generator (VAE factor 8, 77 tokens, native 64 px) still yields data.image-size (32 px) images."""
+    from tests.sd_shaped import build_sd_shaped_pipeline
 
-    build_tiny_pipeline(seed=0, image_size=64).save_pretrained(tmp_path / "sd-64")
-    cfg = config(tmp_path / "sd-64", tmp_path, **{"data.image-size": 32, "lora.enabled": False})
+    build_sd_shaped_pipeline(cross_attention_dim=cross_attention_dim).save_pretrained(tmp_path / "sd")
+    cfg = config(tmp_path / "sd", tmp_path, **{"data.image-size": 32, "lora.enabled": False})
     server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
     assert server.pipe.unet.config.sample_size * server.pipe.vae_scale_factor == 64
     embeddings = warmstart.prompt_embeddings(server.pipe, warmstart.class_prompts(cfg.generator.prompt_template,
                                                                                   CLASSES)).numpy()
+    assert embeddings.shape[1:] == (77, cross_attention_dim)
     images, labels = server.synthesize_client("a", {protocol.EMBEDDINGS: embeddings}, seed=0)
-    assert tuple(images.shape) == (len(labels), 3, 32, 32)
+    assert images.shape == (len(labels), 32, 32, 3) and images.dtype == np.uint8
 
 
 def test_round_zero_limit_follows_the_expected_upload(uploads, tiny_pipeline_dir, tmp_path):

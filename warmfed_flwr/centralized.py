@@ -26,7 +26,7 @@ class CentralizedTrainer:
         t = self.cfg.train
         train_epochs(self.model, self.pooled, epochs=t.centralized_epochs, lr=t.lr, batch_size=t.batch_size,
                      device=self.device, seed=self.cfg.seed + server_round, momentum=t.momentum,
-                     weight_decay=t.weight_decay)
+                     weight_decay=t.weight_decay, augment=t.augment)
 
     def weights(self) -> list[np.ndarray]:
         """The current weights."""

@@ -7,7 +7,7 @@ from flwr.common import Context
 
 from clients.base import FederatedClient, LocalOnlyClient
 from warmfed_flwr.config import resolve
-from warmfed_flwr.data import load_benchmark
+from warmfed_flwr.data import load_client
 from warmfed_flwr.errors import ConfigError
 from warmfed_flwr.runtime import cache_dir, one_line_errors
 from warmfed_flwr.training import resolve_device, seed_everything
@@ -24,7 +24,7 @@ def client_class(algorithm: str) -> type[FederatedClient]:
 
 @one_line_errors
 def client_fn(context: Context) -> Client:
-    """Build this node's client from its partition-id."""
+    """Build this node's client from its partition-id, loading only that partition (cached on disk)."""
     cfg = resolve(dict(context.run_config))
     partition_id = int(context.node_config.get("partition-id", 0))
     num_partitions = int(context.node_config.get("num-partitions", cfg.data.num_clients))
@@ -34,9 +34,10 @@ def client_fn(context: Context) -> Client:
             f"{cfg.data.num_clients}; start as many SuperNodes (num-supernodes) as data.num-clients"
         )
     seed_everything(cfg.seed * 1000 + partition_id)
-    benchmark = load_benchmark(cfg.data, cfg.seed, cache_dir(cfg))
+    class_names, split = load_client(cfg.data, cfg.seed, cache_dir(cfg), partition_id)
     device = resolve_device(cfg.device)
-    return client_class(cfg.algorithm)(cfg, benchmark, partition_id, context, device, cache_dir(cfg)).to_client()
+    client = client_class(cfg.algorithm)(cfg, class_names, split, partition_id, context, device, cache_dir(cfg))
+    return client.to_client()
 
 
 app = ClientApp(client_fn=client_fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,10 @@ Fault = Literal["none", "raise", "hang", "exit", "nan", "wrong-shape", "extra-ke
 class DataConfig:
     """Where client data comes from and how it is split."""
 
-    source: Literal["digits", "imagefolder", "hub"] = "digits"
+    source: Literal["digits", "imagefolder", "hub", "camelyon17", "domainnet"] = "digits"
     path: str = ""
     hub_id: str = ""
+    hub_config: str = ""
     hub_image_column: str = "image"
     hub_label_column: str = "label"
     hub_domain_column: str = ""
@@ -39,10 +41,15 @@ class DataConfig:
     image_size: int = 32
     max_per_domain: int = 0
     on_corrupt: Literal["error", "skip"] = "error"
+    classes: str = ""
 
     def domain_list(self) -> list[str]:
         """The configured domain names, in order."""
         return [d.strip() for d in self.domains.split(",") if d.strip()]
+
+    def class_list(self) -> list[str]:
+        """The configured class folder names (empty: every class)."""
+        return [c.strip() for c in self.classes.split(",") if c.strip()]
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class ModelConfig:
     name: Literal["cnn", "resnet18"] = "cnn"
     small_stem: bool = True
     pretrained_path: str = ""
+    normalize: Literal["none", "imagenet"] = "none"
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class TrainConfig:
     centralized_epochs: int = 5
     round_timeout: float = 3600.0
     max_client_examples: int = 1_000_000
+    augment: Literal["none", "flip-crop"] = "none"
 
 
 @dataclass(frozen=True)
@@ -108,11 +117,22 @@ class SynthesisConfig:
     images_per_class: int = 30
     steps: int = 10
     guidance: float = 3.0
+    negative_prompt: str = ""
     batch_size: int = 64
     subset_ratio: float = 0.2
     max_upload_mb: float = 256.0
     upload_dtype: Literal["float32", "float16"] = "float32"
     quality_check: bool = True
+    devices: str = ""
+
+    def device_list(self) -> list[str]:
+        """The server's synthesis devices ('cpu', 'cuda' or 'cuda:N'); empty: the run's device."""
+        names = [part.strip() for part in self.devices.split(",") if part.strip()]
+        for name in names:
+            if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+                raise ConfigError(f"config key 'synthesis.devices' = {self.devices!r} lists {name!r}; use comma-"
+                                  "separated cpu, cuda or cuda:N (e.g. 'cuda:0,cuda:1'), or '' for the run's device")
+        return names
 
 
 @dataclass(frozen=True)
@@ -286,10 +306,10 @@ def _build(cls: type, flat: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _cross_checks(cfg: ExperimentConfig) -> None:
-    if cfg.data.source != "digits" and not (cfg.data.path or cfg.data.hub_id):
-        raise ConfigError(
-            f"config key 'data.source' = '{cfg.data.source}' needs 'data.path' (imagefolder) or 'data.hub-id' (hub)"
-        )
+    if cfg.data.source == "hub" and not cfg.data.hub_id:
+        raise ConfigError("config key 'data.source' = 'hub' needs 'data.hub-id': a hub dataset id")
+    if cfg.data.source not in ("digits", "hub") and not cfg.data.path:
+        raise ConfigError(f"config key 'data.source' = '{cfg.data.source}' needs 'data.path': the dataset root folder")
     if cfg.data.partition == "domain" and cfg.data.source == "digits":
         domains = cfg.data.domain_list()
         if cfg.data.num_clients != len(domains):
@@ -312,8 +332,13 @@ def _cross_checks(cfg: ExperimentConfig) -> None:
             f"config key 'faults.clients' is empty but 'faults.kind' = '{cfg.faults.kind}'; name the partition ids"
         )
     cfg.faults.round_ids()
+    cfg.synthesis.device_list()
     if cfg.resume and not cfg.run_name:
         raise ConfigError("config key 'resume' = true needs 'run-name': the run directory whose checkpoint to resume")
+    if cfg.resume and (cfg.algorithm == "local" or cfg.personalization.method != "none"):
+        kept = "local models" if cfg.algorithm == "local" else f"'{cfg.personalization.method}' personalized state"
+        raise ConfigError(f"config key 'resume' = true cannot restore the clients' {kept} (kept in client memory, "
+                          "not in server checkpoints); run it again from the start")
     if cfg.resume and cfg.algorithm == "centralized":
         raise ConfigError("config key 'resume' = true is not supported for 'algorithm' = 'centralized': "
                           "its server-side model is not checkpointed; run it again from the start")

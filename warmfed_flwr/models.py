@@ -1,4 +1,5 @@
-"""Classifier factory: a small CNN for the CPU default and torchvision's ResNet-18."""
+"""Classifier factory: a small CNN for the CPU default and torchvision's ResNet-18, optionally behind a fixed
+input normalisation (ImageNet's mean and std, what ImageNet-pretrained weights expect)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from torchvision.models import resnet18
 
 from warmfed_flwr.config import ModelConfig
 from warmfed_flwr.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SmallCNN(nn.Module):
@@ -26,6 +30,22 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class Normalized(nn.Module):
+    """``model`` behind a fixed per-channel ``(x - mean) / std`` of its [0, 1] inputs, as its first layer.
+
+    mean and std are non-persistent buffers: they move with the model but are neither saved nor sent.
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
 def seeded_model(cfg: ModelConfig, num_classes: int, seed: int) -> nn.Module:
     """:func:`build_model` with initial weights drawn from ``seed`` alone, whatever drew from torch's RNG before."""
     with torch.random.fork_rng(devices=[]):
@@ -34,7 +54,8 @@ def seeded_model(cfg: ModelConfig, num_classes: int, seed: int) -> nn.Module:
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """Build the configured classifier, loading ``cfg.pretrained_path`` when set."""
+    """Build the configured classifier, loading ``cfg.pretrained_path`` when set; ``cfg.normalize = imagenet``
+    puts ImageNet's normalisation in front of it (the weights file is for the bare classifier)."""
     if cfg.name == "cnn":
         model: nn.Module = SmallCNN(num_classes)
     else:
@@ -44,6 +65,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             model.maxpool = nn.Identity()
     if cfg.pretrained_path:
         load_pretrained(model, cfg)
+    if cfg.normalize == "imagenet":
+        model = Normalized(model, IMAGENET_MEAN, IMAGENET_STD)
     return model
 
 

@@ -11,7 +11,7 @@ from strategies.checkpointing import with_checkpoints
 from warmfed_flwr import actor_recovery
 from warmfed_flwr.centralized import CentralizedTrainer
 from warmfed_flwr.config import ExperimentConfig, resolve
-from warmfed_flwr.data import Benchmark, load_benchmark
+from warmfed_flwr.data import Benchmark, load_clients
 from warmfed_flwr.models import seeded_model
 from warmfed_flwr.results import RunRecorder
 from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir, show_logs_in_flower_output
@@ -56,12 +56,16 @@ def round_timeout(cfg: ExperimentConfig) -> float | None:
 
 @one_line_errors
 def server_fn(context: Context) -> ServerAppComponents:
-    """Validate the config, load class names, build the strategy."""
+    """Validate the config, load class names, build the strategy.
+
+    The clients' splits come memory-mapped from the partition cache (built here on first use): only what the strategy
+    reads (test splits for the synthetic-quality check, train splits for centralized training) is read from disk.
+    """
     show_logs_in_flower_output()
     cfg = resolve(dict(context.run_config))
     actor_recovery.install()
     seed_everything(cfg.seed)
-    benchmark = load_benchmark(cfg.data, cfg.seed, cache_dir(cfg))
+    benchmark = load_clients(cfg.data, cfg.seed, cache_dir(cfg))
     recorder = RunRecorder(run_dir(cfg), cfg.to_flat())
     strategy = with_checkpoints(build_strategy(cfg, benchmark, recorder), cfg.resume)
     config = ServerConfig(num_rounds=num_server_rounds(cfg), round_timeout=round_timeout(cfg))

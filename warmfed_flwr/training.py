@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,10 +20,26 @@ Regularizer = Callable[[nn.Module], torch.Tensor]
 
 
 def resolve_device(preference: str) -> torch.device:
-    """'auto' picks CUDA when visible; 'cpu' and 'cuda' force a device."""
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+    """'auto' picks CUDA when this process may use a GPU; 'cpu' and 'cuda' force a device.
+
+    A Ray actor (a simulated client) may use only the GPUs Ray assigned it: Ray lists them in its
+    CUDA_VISIBLE_DEVICES, so ``cuda`` (device 0 in the actor) is its own GPU. An actor holding no GPU gets CPU
+    even where Ray leaves the GPUs visible (``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0``, a future Ray default).
+    """
+    if preference == "cuda":
+        return torch.device("cuda")
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1")
+    if preference == "auto" and not hidden and _ray_actor_gpus() != [] and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def _ray_actor_gpus() -> list | None:
+    """The GPU ids Ray assigned to this worker process, or None outside a Ray worker (e.g. Ray's driver)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return list(ray.get_gpu_ids())
 
 
 def seed_everything(seed: int) -> None:
@@ -70,6 +88,18 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0)
     return DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image flipped horizontally with probability 1/2, then zero-padded by 1/8 of its side and cropped back at
+    a random offset (pad-crop), every draw from ``generator``."""
+    n, _, h, w = x.shape
+    flip = (torch.rand(n, generator=generator) < 0.5).view(-1, 1, 1, 1)
+    x = torch.where(flip, x.flip(-1), x)
+    pad = max(1, min(h, w) // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, _indices: torch.Tensor) -> torch.Tensor:
     """The default objective."""
     return F.cross_entropy(logits, labels)
@@ -89,8 +119,12 @@ def train_epochs(
     objective: Objective = cross_entropy,
     regularizer: Regularizer | None = None,
     freeze_bn_stats: bool = False,
+    augment: str = "none",
 ) -> float:
     """Train ``model`` in place with SGD for ``epochs``; returns the mean loss of the last epoch.
+
+    ``augment = flip-crop`` passes every training batch through :func:`augment_batch`, its draws seeded by ``seed``
+    (the shuffle order stays that of ``none``).
 
     ``freeze_bn_stats`` keeps BatchNorm layers in eval mode: their affine weights train, their running
     statistics (and the batch statistics they normalise with) stay those the model arrived with.
@@ -104,10 +138,13 @@ def train_epochs(
                 module.eval()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
+    augmenter = torch.Generator().manual_seed(seed) if augment == "flip-crop" else None
     mean_loss = float("nan")
     for _ in range(epochs):
         total, count = 0.0, 0
         for x, y, idx in loader:
+            if augmenter is not None:
+                x = augment_batch(x, augmenter)
             x, y = x.to(device), y.to(device)
             loss = objective(model(x), y, idx.to(device))
             if regularizer is not None:

@@ -3,9 +3,15 @@ warm-start training, the class-balanced synthetic subset and the globalization f
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import logging
+import queue
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +23,20 @@ from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import ExperimentConfig, GeneratorConfig
-from warmfed_flwr.data import ClientSplit
+from warmfed_flwr.data import ClientSplit, ImageArrayDataset, ImageFileDataset
 from warmfed_flwr.data.partition import MIXED_DOMAIN
 from warmfed_flwr.errors import CheckpointError, GeneratorError
 from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
-from warmfed_flwr.generative.synthesis import cached_arrays, cached_synthesis, save_grid, synthesis_key, synthesize
+from warmfed_flwr.generative.synthesis import (
+    _feed,
+    cached_arrays,
+    cached_synthesis,
+    save_grid,
+    synthesis_key,
+    synthesize_batches,
+)
 from warmfed_flwr.models import seeded_model
 from warmfed_flwr.personalization import distillation_kl
 from warmfed_flwr.training import (
@@ -39,16 +52,6 @@ from warmfed_flwr.training import (
 logger = logging.getLogger(__name__)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images in [0, 1] as uint8 arrays, the form the synthetic subset travels in."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
-
-def from_uint8(images: np.ndarray) -> torch.Tensor:
-    """Inverse of :func:`to_uint8`."""
-    return torch.from_numpy(images.astype(np.float32) / 255.0)
-
-
 def default_domain_phrase(cfg: GeneratorConfig, domain: str) -> str:
     """A client's domain name as its prompts' domain phrase when ``generator.domain-prompts`` is on; none for mixes."""
     return domain if cfg.domain_prompts and domain != MIXED_DOMAIN else ""
@@ -58,15 +61,42 @@ CPU_LORA_MAX_PARAMETERS = 50_000_000
 """A UNet above this size (SD 1.5: 860M) is not LoRA-trained on a CPU that ``device='auto'`` fell back to."""
 
 
-def refuse_large_generator_on_cpu(pipe: StableDiffusionPipeline, cfg: ExperimentConfig, device: torch.device) -> None:
-    """Raise GeneratorError when a full-size UNet would train on CPU only because no GPU was visible."""
-    size = sum(p.numel() for p in pipe.unet.parameters())
-    if device.type == "cpu" and cfg.device == "auto" and cfg.lora.enabled and size > CPU_LORA_MAX_PARAMETERS:
-        raise GeneratorError(
-            f"generator '{cfg.generator.base}' has a {size / 1e6:.0f}M-parameter UNet and this client sees no CUDA "
-            "device; give client actors GPUs (--federation-config \"client-resources-num-gpus=0.5\") or set "
+def cpu_lora_refusal(unet_parameters: int, cfg: ExperimentConfig, device: torch.device) -> str | None:
+    """Why a client on ``device`` refuses to LoRA-train a UNet of ``unet_parameters`` (None: it does not)."""
+    if device.type == "cpu" and cfg.device == "auto" and cfg.lora.enabled and unet_parameters > CPU_LORA_MAX_PARAMETERS:
+        return (
+            f"generator '{cfg.generator.base}' has a {unet_parameters / 1e6:.0f}M-parameter UNet and this client sees "
+            "no CUDA device; give client actors GPUs (--federation-config \"client-resources-num-gpus=0.5\") or set "
             "device='cpu' to train its LoRA on CPU anyway"
         )
+    return None
+
+
+def refuse_large_generator_on_cpu(pipe: StableDiffusionPipeline, cfg: ExperimentConfig, device: torch.device) -> None:
+    """Raise GeneratorError when a full-size UNet would train on CPU only because no GPU was visible."""
+    reason = cpu_lora_refusal(sum(p.numel() for p in pipe.unet.parameters()), cfg, device)
+    if reason:
+        raise GeneratorError(reason)
+
+
+def dataset_key(*parts: Any) -> str:
+    """``synthesis_key`` of ``parts`` where a dataset counts as the (images, labels) float tensors it yields, without
+    a float copy of a uint8 ``ImageArrayDataset`` (its key equals that of a TensorDataset of the same floats)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, ImageArrayDataset):
+            digest.update(b"seq2")
+            digest.update(f"tensor{(len(part), 3, *part.images.shape[1:3])}{torch.float32}".encode())
+            for start in range(0, len(part), 256):
+                digest.update(part.float_images(start, start + 256).numpy().tobytes())
+            _feed(digest, torch.from_numpy(np.array(part.labels, dtype=np.int64)))
+        elif isinstance(part, ImageFileDataset):
+            _feed(digest, (list(part.paths), np.array(part.labels, dtype=np.int64)))
+        elif isinstance(part, TensorDataset):
+            _feed(digest, part.tensors)
+        else:
+            _feed(digest, part)
+    return digest.hexdigest()
 
 
 def client_upload(
@@ -75,22 +105,26 @@ def client_upload(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Round 0 on a client: LoRA fine-tune (when enabled) and class prompt embeddings, as named arrays.
 
-    The result is cached on the client's disk, keyed by the generator's weights, the private train split, the
-    prompts, the LoRA config and the seed, so a rerun (an ablation of the later rounds) repeats round 0 exactly.
+    The LoRA trains on the client's train images at their original resolution (``split.native_train``) when the
+    source keeps them, else on the train split. The result is cached on the client's disk, keyed by the generator's
+    weights, the private train split (and its original files), the prompts, the LoRA config and the seed, so a rerun
+    (an ablation of the later rounds) repeats round 0 exactly.
     """
     pipe = load_pipeline(resolve_base(cfg.generator, cache_dir, cfg.data.image_size), device, cfg.generator.dtype)
     refuse_large_generator_on_cpu(pipe, cfg, device)
     prompts = class_prompts(cfg.generator.prompt_template, class_names, domain_phrase)
-    key = synthesis_key("round-0 upload", pipe.unet.state_dict(), pipe.text_encoder.state_dict(), str(pipe.dtype),
-                        split.train.tensors, prompts, cfg.generator.prompt_template, domain_phrase,
-                        cfg.lora if cfg.lora.enabled else None, cfg.seed)
+    lora_images = split.train if split.native_train is None else split.native_train
+    native = [] if split.native_train is None else ["native-resolution train images", split.native_train]
+    key = dataset_key("round-0 upload", pipe.unet.state_dict(), pipe.text_encoder.state_dict(), str(pipe.dtype),
+                      split.train, prompts, cfg.generator.prompt_template, domain_phrase,
+                      cfg.lora if cfg.lora.enabled else None, cfg.seed, *native)
     timings: dict[str, float] = {}
 
     def make() -> dict[str, np.ndarray]:
         named = {protocol.EMBEDDINGS: prompt_embeddings(pipe, prompts).float().numpy()}
         if cfg.lora.enabled:
             started = time.perf_counter()
-            adapter = finetune_lora(pipe, split.train, class_names, cfg.generator.prompt_template, cfg.lora,
+            adapter = finetune_lora(pipe, lora_images, class_names, cfg.generator.prompt_template, cfg.lora,
                                     seed=cfg.seed, domain_phrase=domain_phrase)
             timings["lora_seconds"] = time.perf_counter() - started
             named.update({protocol.ADAPTER_PREFIX + k: v.float().cpu().numpy() for k, v in adapter.items()})
@@ -112,19 +146,32 @@ def balanced_subset(labels: torch.Tensor, ratio: float, seed: int) -> torch.Tens
 
 @dataclass
 class SyntheticSet:
-    """The server's labelled synthetic data, with the client each image came from."""
+    """The server's labelled synthetic data as uint8 [N, H, W, 3] images, with the client each image came from."""
 
-    images: torch.Tensor
+    images: np.ndarray
     labels: torch.Tensor
     sources: list[str] = field(default_factory=list)
 
-    def dataset(self) -> TensorDataset:
-        """As a TensorDataset for training."""
-        return TensorDataset(self.images, self.labels)
+    def dataset(self, index: torch.Tensor | None = None) -> ImageArrayDataset:
+        """The images (those at ``index``, when given) as a dataset that yields float images per item."""
+        if index is None:
+            return ImageArrayDataset(self.images, self.labels.numpy())
+        chosen = index.numpy()
+        return ImageArrayDataset(self.images[chosen], self.labels.numpy()[chosen])
+
+
+ADAPTER_LOCK = threading.Lock()
+"""Held while a LoRA adapter loads into or leaves a pipeline: peft builds adapter layers under ``init_empty_weights``,
+which patches ``torch.nn.Module.register_parameter`` process-wide, so concurrent loads corrupt each other's weights
+(seen as all-black images from parallel synthesis without the lock)."""
 
 
 class WarmStartServer:
-    """Server-side WarmFed/FGL: one resident pipeline, synthesis per upload, warm-start and fine-tuning."""
+    """Server-side WarmFed/FGL: one resident pipeline, synthesis per upload, warm-start and fine-tuning.
+
+    ``synthesis.devices`` places the pipeline on its first listed device and, in round 0, one more copy on each
+    further device, so several clients' synthetic sets are made at once (one client per device at a time).
+    """
 
     def __init__(self, cfg: ExperimentConfig, class_names: list[str], device: torch.device,
                  cache_dir: Path, output_dir: Path) -> None:
@@ -133,11 +180,14 @@ class WarmStartServer:
         self.device = device
         self.cache_dir = cache_dir
         self.output_dir = output_dir
-        base = resolve_base(cfg.generator, cache_dir, cfg.data.image_size)
-        self.pipe: StableDiffusionPipeline | None = load_pipeline(base, device, cfg.generator.dtype)
+        self.base = resolve_base(cfg.generator, cache_dir, cfg.data.image_size)
+        self.synthesis_devices = [torch.device(name) for name in cfg.synthesis.device_list()] or [device]
+        self.pipe: StableDiffusionPipeline | None = load_pipeline(self.base, self.synthesis_devices[0],
+                                                                   cfg.generator.dtype)
+        self.extra_pipes: list[StableDiffusionPipeline] = []
         self.model = seeded_model(cfg.model, len(class_names), cfg.seed)
         self.synthetic: SyntheticSet | None = None
-        self.subset: TensorDataset | None = None
+        self.subset: ImageArrayDataset | None = None
         self.synthesis_keys: dict[str, str] = {}
         self.subset_index: torch.Tensor | None = None
 
@@ -148,9 +198,11 @@ class WarmStartServer:
         return self.pipe
 
     def release_generator(self) -> None:
-        """Drop the pipeline once round 0 has synthesized (and return its cached GPU memory): later rounds need none."""
+        """Drop the pipelines once round 0 has synthesized, and their cached GPU memory: later rounds need none."""
         self.pipe = None
-        if self.device.type == "cuda":
+        self.extra_pipes = []
+        gc.collect()
+        if any(d.type == "cuda" for d in (self.device, *self.synthesis_devices)):
             torch.cuda.empty_cache()
 
     def upload_schema(self) -> payload.Schema:
@@ -164,35 +216,71 @@ class WarmStartServer:
         return schema
 
     def synthesize_client(
-        self, client: str, named: dict[str, np.ndarray], seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and labels generated from one client's embeddings (and adapter, when sent) with ``seed``."""
+        self, client: str, named: dict[str, np.ndarray], seed: int, pipe: StableDiffusionPipeline | None = None
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """uint8 images [N, H, W, 3] and labels generated from one client's embeddings (and adapter, when sent)
+        with ``seed``, on ``pipe`` (default: the resident pipeline), streamed batch by batch into the cache."""
         syn = self.cfg.synthesis
         embeddings = torch.from_numpy(named[protocol.EMBEDDINGS])
         adapter = {k: torch.from_numpy(v) for k, v in payload.split_prefix(named, protocol.ADAPTER_PREFIX).items()}
         size = self.cfg.data.image_size
+        negative = [syn.negative_prompt] if syn.negative_prompt else []  # the default keeps its earlier key
         key = synthesis_key(embeddings, *adapter.values(), self.cfg.generator.base, syn.images_per_class,
-                            syn.steps, syn.guidance, seed, size)
+                            syn.steps, syn.guidance, seed, size, *negative)
         self.synthesis_keys[client] = key
 
-        def make() -> tuple[torch.Tensor, torch.Tensor]:
-            pipe = self.generator()
-            with use_adapter(pipe, adapter, client) if adapter else nullcontext():
-                return synthesize(pipe, embeddings, syn.images_per_class, syn.steps, syn.guidance,
-                                  syn.batch_size, seed, size=size)
+        def make() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            active = pipe if pipe is not None else self.generator()
+            adapter_loaded = ExitStack()
+            with ADAPTER_LOCK:
+                adapter_loaded.enter_context(use_adapter(active, adapter, client) if adapter else nullcontext())
+            try:
+                yield from synthesize_batches(active, embeddings, syn.images_per_class, syn.steps, syn.guidance,
+                                              syn.batch_size, seed, size=size, negative_prompt=syn.negative_prompt)
+            finally:
+                with ADAPTER_LOCK:
+                    adapter_loaded.close()
 
         images, labels = cached_synthesis(self.cache_dir / "synthetic", key, make)
         save_grid(images, labels, self.output_dir / f"synthetic_{client}.png")
-        return images, labels
+        return images, torch.from_numpy(labels)
 
     def build_synthetic(self, uploads: list[tuple[str, dict[str, np.ndarray]]]) -> SyntheticSet:
         """The union of every accepted client's synthetic images, and its class-balanced subset.
 
-        Each client's images get their own seed, so identical prompt embeddings (FGL) still give distinct images.
+        Each client's images get their own seed, so identical prompt embeddings (FGL) still give distinct images,
+        and the same images whichever device (``synthesis.devices``) makes them.
         """
-        parts = [(client, *self.synthesize_client(client, named, self.cfg.seed * 1000 + index))
-                 for index, (client, named) in enumerate(uploads)]
+        seeds = [self.cfg.seed * 1000 + index for index in range(len(uploads))]
+        if len(self.synthesis_devices) == 1 or len(uploads) < 2:
+            parts = [(client, *self.synthesize_client(client, named, seed))
+                     for (client, named), seed in zip(uploads, seeds, strict=True)]
+        else:
+            parts = self._synthesize_parallel(uploads, seeds)
         return self._keep(parts)
+
+    def _synthesize_parallel(self, uploads: list[tuple[str, dict[str, np.ndarray]]],
+                             seeds: list[int]) -> list[tuple[str, np.ndarray, torch.Tensor]]:
+        """Every client's synthetic set, made in threads that each hold one pipeline (one device) at a time."""
+        if not self.extra_pipes:
+            self.extra_pipes = [load_pipeline(self.base, device, self.cfg.generator.dtype)
+                                for device in self.synthesis_devices[1:]]
+        free: queue.SimpleQueue[StableDiffusionPipeline] = queue.SimpleQueue()
+        for pipe in (self.generator(), *self.extra_pipes):
+            free.put(pipe)
+
+        def one(client: str, named: dict[str, np.ndarray], seed: int) -> tuple[str, np.ndarray, torch.Tensor]:
+            pipe = free.get()
+            try:
+                with torch.cuda.device(pipe.device) if pipe.device.type == "cuda" else nullcontext():
+                    return (client, *self.synthesize_client(client, named, seed, pipe))
+            finally:
+                free.put(pipe)
+
+        with ThreadPoolExecutor(len(self.synthesis_devices), thread_name_prefix="synthesis") as pool:
+            futures = [pool.submit(one, client, named, seed)
+                       for (client, named), seed in zip(uploads, seeds, strict=True)]
+            return [future.result() for future in futures]
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What identifies the synthetic set in the cache (client and key, in order) and the subset chosen from it."""
@@ -209,27 +297,28 @@ class WarmStartServer:
         cache = self.cache_dir / "synthetic"
         parts = []
         for client, key in state["synthesis"]:
-            def gone(client: str = client, key: str = key) -> tuple[torch.Tensor, torch.Tensor]:
+            def gone(client: str = client, key: str = key) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
                 raise CheckpointError(f"the synthetic set of client {client} is gone from the cache "
                                       f"({cache / (key + '.npz')} is missing or unreadable); start the run again "
                                       "without resume")
 
-            parts.append((client, *cached_synthesis(cache, key, gone)))
+            images, labels = cached_synthesis(cache, key, gone)
+            parts.append((client, images, torch.from_numpy(labels)))
             self.synthesis_keys[client] = key
         self._keep(parts, torch.tensor(state["subset_index"], dtype=torch.long))
 
-    def _keep(self, parts: list[tuple[str, torch.Tensor, torch.Tensor]],
+    def _keep(self, parts: list[tuple[str, np.ndarray, torch.Tensor]],
               subset_index: torch.Tensor | None = None) -> SyntheticSet:
         """Keep the union of the clients' parts and its subset (class-balanced unless ``subset_index`` is given)."""
         self.synthetic = SyntheticSet(
-            images=torch.cat([p[1] for p in parts]),
+            images=np.concatenate([p[1] for p in parts]),
             labels=torch.cat([p[2] for p in parts]),
             sources=[client for client, images, _ in parts for _ in range(len(images))],
         )
         if subset_index is None:
             subset_index = balanced_subset(self.synthetic.labels, self.cfg.synthesis.subset_ratio, self.cfg.seed)
         self.subset_index = subset_index
-        self.subset = TensorDataset(self.synthetic.images[subset_index], self.synthetic.labels[subset_index])
+        self.subset = self.synthetic.dataset(subset_index)
         return self.synthetic
 
     def synthetic_quality(self, tests: dict[str, Dataset]) -> dict[str, float]:
@@ -243,7 +332,7 @@ class WarmStartServer:
             mine = torch.from_numpy(np.flatnonzero(sources == client))
             judge = seeded_model(self.cfg.model, len(self.class_names), self.cfg.seed)
             t = self.cfg.train
-            train_epochs(judge, TensorDataset(self.synthetic.images[mine], self.synthetic.labels[mine]),
+            train_epochs(judge, self.synthetic.dataset(mine),
                          epochs=self.cfg.warmfed.warm_epochs, lr=t.lr, batch_size=t.batch_size, device=self.device,
                          seed=self.cfg.seed, momentum=t.momentum, weight_decay=t.weight_decay)
             quality[client] = evaluate(judge, tests[client], self.device)[1]
@@ -296,15 +385,15 @@ class WarmStartServer:
     def subset_arrays(self) -> dict[str, np.ndarray]:
         """The synthetic subset as the named arrays sent to clients once."""
         assert self.subset is not None, "build_synthetic must run first"
-        images, labels = self.subset.tensors
-        return {protocol.SYNTHETIC_IMAGES: to_uint8(images), protocol.SYNTHETIC_LABELS: labels.numpy()}
+        return {protocol.SYNTHETIC_IMAGES: np.ascontiguousarray(self.subset.images.transpose(0, 3, 1, 2)),
+                protocol.SYNTHETIC_LABELS: np.asarray(self.subset.labels, dtype=np.int64)}
 
     def _train(self, dataset: Dataset, epochs: int, seed: int, lr_scale: float = 1.0,
                freeze_bn_stats: bool = False, objective: Objective = cross_entropy) -> None:
         t = self.cfg.train
         train_epochs(self.model, dataset, epochs=epochs, lr=t.lr * lr_scale, batch_size=t.batch_size,
                      device=self.device, seed=seed, momentum=t.momentum, weight_decay=t.weight_decay,
-                     freeze_bn_stats=freeze_bn_stats, objective=objective)
+                     freeze_bn_stats=freeze_bn_stats, objective=objective, augment=t.augment)
 
 
 def globalize_client(
@@ -324,6 +413,7 @@ def globalize_client(
         else:
             train_epochs(model, subset, epochs=w.client_syn_epochs, lr=t.lr * w.syn_lr_scale,
                          batch_size=t.batch_size, device=device, seed=seed, momentum=t.momentum,
-                         weight_decay=t.weight_decay, freeze_bn_stats=w.syn_bn_stats == "frozen")
+                         weight_decay=t.weight_decay, freeze_bn_stats=w.syn_bn_stats == "frozen", augment=t.augment)
     return train_epochs(model, private, epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
-                        device=device, seed=seed + 1, momentum=t.momentum, weight_decay=t.weight_decay)
+                        device=device, seed=seed + 1, momentum=t.momentum, weight_decay=t.weight_decay,
+                        augment=t.augment)

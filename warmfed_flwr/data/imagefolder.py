@@ -1,8 +1,10 @@
 """Local ImageFolder datasets: multi-domain ``root/domain/class/image`` trees and single-domain ``root/class/image``.
 
-This is the layout of DomainNet, PACS and Office-Caltech10 once unpacked. Images are converted to RGB,
-resized to a square and cached per domain as a compressed uint8 npz keyed by the folder listing
-(paths, sizes, modification times), so an edited tree is decoded again.
+This is the layout of PACS and Office-Caltech10 once unpacked (and of DomainNet's images, whose official
+split files ``data.source=domainnet`` reads). Images are converted to RGB, resized to a square and cached
+per domain as a compressed uint8 npz keyed by the folder listing (paths, sizes, modification times), so an
+edited tree is decoded again. ``load_files`` (decode a labelled file list, cached) is shared with the
+DomainNet and Camelyon17 loaders.
 """
 
 from __future__ import annotations
@@ -72,37 +74,69 @@ def _decode(path: Path, image_size: int) -> np.ndarray | str:
         return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
-def _decode_tree(
-    folder: Path, tree: dict[str, list[Path]], class_names: list[str], image_size: int, on_corrupt: str
+def decode_files(
+    folder: Path, files: list[tuple[Path, int]], image_size: int, on_corrupt: str
 ) -> dict[str, np.ndarray]:
-    files = [(path, class_names.index(name)) for name in class_names for path in tree[name]]
+    """Decode labelled image files (of ``folder``, named in errors) into a preallocated uint8 array."""
+    images = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
+    bad: list[tuple[Path, str]] = []
+    kept = np.ones(len(files), dtype=bool)
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(lambda item: _decode(item[0], image_size), files))
-    bad = [(path, result) for (path, _), result in zip(files, decoded, strict=True) if isinstance(result, str)]
+        for i, result in enumerate(pool.map(lambda item: _decode(item[0], image_size), files)):
+            if isinstance(result, str):
+                bad.append((files[i][0], result))
+                kept[i] = False
+            else:
+                images[i] = result
     if bad and on_corrupt != "skip":
         path, reason = bad[0]
         others = f" ({len(bad) - 1} more unreadable file(s) under {folder})" if len(bad) > 1 else ""
         raise DataError(
             f"image file {path} cannot be read ({reason}){others}; replace or delete it, or set data.on-corrupt=skip"
         )
-    good = [(result, label) for (_, label), result in zip(files, decoded, strict=True) if not isinstance(result, str)]
-    if not good:
+    if not kept.any():
         raise DataError(f"folder {folder} holds no readable images; replace the corrupt files")
     return {
-        "images": np.stack([image for image, _ in good]),
-        "labels": np.array([label for _, label in good], dtype=np.int64),
+        "images": images if not bad else images[kept],
+        "labels": np.array([label for _, label in files], dtype=np.int64)[kept],
         "skipped": np.array([str(path) for path, _ in bad], dtype=str),
     }
 
 
-def _listing_key(folder: Path, tree: dict[str, list[Path]], image_size: int, on_corrupt: str) -> str:
+def listing_entries(folder: Path, paths: list[Path]) -> list[str]:
+    """'relative path:size:mtime' of every file, for cache keys (FileNotFoundError names a missing one)."""
     entries = []
-    for name in sorted(tree):
-        for path in tree[name]:
-            stat = path.stat()
-            entries.append(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}")
-    return cache_key(VERSION, folder.resolve(), image_size, on_corrupt, *entries)
+    for path in paths:
+        stat = path.stat()
+        entries.append(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return entries
+
+
+def _listing_key(folder: Path, tree: dict[str, list[Path]], image_size: int, on_corrupt: str) -> str:
+    paths = [path for name in sorted(tree) for path in tree[name]]
+    return cache_key(VERSION, folder.resolve(), image_size, on_corrupt, *listing_entries(folder, paths))
+
+
+def load_files(
+    folder: Path, files: list[tuple[Path, int]], image_size: int, cache_file: Path, on_corrupt: str
+) -> tuple[DomainArrays, np.ndarray]:
+    """The decoded (path, label) ``files`` of ``folder`` (cached at ``cache_file``) and the mask of files kept."""
+    arrays = cached_arrays(cache_file, lambda: decode_files(folder, files, image_size, on_corrupt))
+    skipped = arrays["skipped"]
+    kept = np.ones(len(files), dtype=bool)
+    if len(skipped):
+        log.warning("skipped %d unreadable image(s) under %s (data.on-corrupt=skip; first: %s)", len(skipped), folder,
+                    skipped[0])
+        unreadable = set(skipped.tolist())
+        kept = np.array([str(path) not in unreadable for path, _ in files], dtype=bool)
+    return DomainArrays(arrays["images"], arrays["labels"].astype(np.int64)), kept
+
+
+def cache_file(cache_dir: Path, prefix: str, name: str, key: str) -> Path:
+    """The npz cache path of decoded images: ``<cache_dir>/data/<prefix>-<name>-<key>.npz``."""
+    label = re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:40]
+    return cache_dir / "data" / f"{prefix}-{label}-{key}.npz"
 
 
 def _load_tree(
@@ -111,14 +145,10 @@ def _load_tree(
 ) -> DomainArrays:
     """The images of a scanned ``folder/class/image`` tree labelled by their index in ``class_names`` (cached)."""
     key = _listing_key(folder, tree, image_size, on_corrupt)
-    label = re.sub(r"[^A-Za-z0-9_-]+", "_", folder.name)[:40]
-    path = cache_dir / "data" / f"imagefolder-{label}-{key}.npz"
-    arrays = cached_arrays(path, lambda: _decode_tree(folder, tree, class_names, image_size, on_corrupt))
-    skipped = arrays["skipped"]
-    if len(skipped):
-        log.warning("skipped %d unreadable image(s) under %s (data.on-corrupt=skip; first: %s)", len(skipped), folder,
-                    skipped[0])
-    return DomainArrays(arrays["images"], arrays["labels"].astype(np.int64))
+    files = [(path, class_names.index(name)) for name in class_names for path in tree[name]]
+    path = cache_file(cache_dir, "imagefolder", folder.name, key)
+    arrays, _ = load_files(folder, files, image_size, path, on_corrupt)
+    return arrays
 
 
 def _check_root(root: Path) -> None:

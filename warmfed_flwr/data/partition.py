@@ -1,7 +1,7 @@
 """Array-level building blocks shared by the loaders: domain arrays, the npz cache, splits and partitions.
 
 Everything here works on uint8 NHWC image arrays and int64 label arrays; the package ``__init__``
-turns the results into torch ``TensorDataset`` objects. Dirichlet label skew comes from
+turns the results into torch datasets. Dirichlet label skew comes from
 flwr-datasets' ``DirichletPartitioner``.
 """
 
@@ -39,21 +39,30 @@ MIXED_DOMAIN = "mixed"
 
 @dataclass
 class DomainArrays:
-    """The images of one domain: uint8 [N,S,S,3] and int64 labels [N]."""
+    """The images of one domain: uint8 [N,S,S,3], int64 labels [N] and an optional predefined test mask [N].
+
+    ``is_test`` (bool, e.g. a dataset's official split) replaces the random train/test split of
+    ``partition_by_domain``; None means no predefined split.
+    """
 
     images: np.ndarray
     labels: np.ndarray
+    is_test: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if self.is_test is not None and (self.is_test.dtype != np.bool_ or self.is_test.shape != self.labels.shape):
+            raise ValueError(f"is_test must be a bool array of shape {self.labels.shape}, got {self.is_test.dtype} "
+                             f"{self.is_test.shape}")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, indices: np.ndarray) -> DomainArrays:
-        """The samples at ``indices``, in that order."""
-        return DomainArrays(self.images[indices], self.labels[indices])
+        """The samples at ``indices``, in that order (with their predefined split, if any)."""
+        is_test = None if self.is_test is None else self.is_test[indices]
+        return DomainArrays(self.images[indices], self.labels[indices], is_test)
 
 
 @dataclass
@@ -99,7 +108,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray] | None:
 
 
 @contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
+def build_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside ``path`` so concurrent processes build a cache entry once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as handle:
@@ -117,7 +126,7 @@ def cached_arrays(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dic
     cached = load_npz(path)
     if cached is not None:
         return cached
-    with _build_lock(path):
+    with build_lock(path):
         cached = load_npz(path)
         if cached is not None:
             return cached
@@ -189,10 +198,16 @@ def cap_domains(domains: dict[str, DomainArrays], max_per_domain: int, seed: int
 
 
 def partition_by_domain(domains: dict[str, DomainArrays], test_fraction: float, seed: int) -> list[SplitArrays]:
-    """One client per domain, each split into train/test by ``test_fraction`` (stratified, seeded)."""
+    """One client per domain, each split into train/test by its predefined ``is_test`` or else by ``test_fraction``.
+
+    The ``test_fraction`` split is stratified and seeded.
+    """
     clients = []
     for i, (name, arrays) in enumerate(domains.items()):
-        train_idx, test_idx = stratified_split(arrays.labels, test_fraction, np.random.default_rng([seed, i, 2]))
+        if arrays.is_test is not None:
+            train_idx, test_idx = np.flatnonzero(~arrays.is_test), np.flatnonzero(arrays.is_test)
+        else:
+            train_idx, test_idx = stratified_split(arrays.labels, test_fraction, np.random.default_rng([seed, i, 2]))
         clients.append(SplitArrays(name, name, arrays.take(train_idx), arrays.take(test_idx)))
     return clients
 

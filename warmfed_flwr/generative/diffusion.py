@@ -6,6 +6,7 @@ diffusion noise, timesteps, empty-prompt coin flips), so a build repeats bit for
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,31 @@ class TrainingLatents:
         """Encode ``images`` in [0,1] with ``vae``; the stats stay on the VAE's device, the labels where they are."""
         mean, std = encode_latent_stats(vae, images)
         return cls(mean, std, labels, vae.config.scaling_factor)
+
+    @classmethod
+    def encode_batches(
+        cls, vae: AutoencoderKL, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int
+    ) -> TrainingLatents:
+        """``encode`` of ``count`` images that arrive as (images, labels) batches, one batch in memory at a time.
+
+        Each batch's stats are written into tensors allocated once and its labels kept as Python ints, so nothing
+        else outlives a batch (small tensors kept per batch between the large transient image buffers fragment
+        glibc's heap: resident memory grew by ~22 MiB per batch of eight 512 px images).
+        """
+        mean = std = torch.empty(0)
+        labels, done = [], 0
+        for images, batch_labels in batches:
+            batch_mean, batch_std = encode_latent_stats(vae, images, batch_size=len(images))
+            if not done:
+                mean = batch_mean.new_empty((count, *batch_mean.shape[1:]))
+                std = torch.empty_like(mean)
+            mean[done:done + len(images)] = batch_mean
+            std[done:done + len(images)] = batch_std
+            labels.extend(batch_labels.tolist())
+            done += len(images)
+        if done != count:
+            raise ValueError(f"the batches held {done} images, not the {count} announced")
+        return cls(mean, std, torch.tensor(labels, dtype=torch.long), vae.config.scaling_factor)
 
 
 def noise_prediction_loss(

@@ -11,7 +11,6 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch.nn import functional as F
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from warmfed_flwr.data.photos import photo_crops
 from warmfed_flwr.generative.diffusion import (
@@ -22,6 +21,7 @@ from warmfed_flwr.generative.diffusion import (
 )
 from warmfed_flwr.generative.images import training_images
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts
+from warmfed_flwr.progress import progress_bar
 from warmfed_flwr.training import resolve_device
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ def _train_vae(
     schedule = get_cosine_schedule_with_warmup(optimizer, min(spec.warmup_steps, spec.vae_steps), spec.vae_steps)
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(spec.vae_steps), desc="foundation VAE", unit="step")
+    logger.info("foundation VAE: %d steps on %d images", spec.vae_steps, len(images))
+    bar = progress_bar(range(spec.vae_steps), desc="foundation VAE", unit="step")
     for _ in bar:
         index = torch.randint(len(images), (spec.batch_size,), generator=generator)
         x = images[index].to(device) * 2.0 - 1.0
@@ -99,7 +100,8 @@ def _train_denoiser(
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(spec.steps), desc="foundation UNet+text", unit="step")
+    logger.info("foundation UNet+text: %d steps", spec.steps)
+    bar = progress_bar(range(spec.steps), desc="foundation UNet+text", unit="step")
     for _ in bar:
         loss = noise_prediction_loss(
             unet, noise_scheduler, data, text_encoder(tokens)[0], spec.batch_size, spec.uncond_prob, generator

@@ -22,14 +22,14 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionMod
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset, Subset
 
 from warmfed_flwr.config import LoraConfig
 from warmfed_flwr.errors import GeneratorError, PayloadError
 from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss
-from warmfed_flwr.generative.images import training_images
+from warmfed_flwr.generative.images import training_batches
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
+from warmfed_flwr.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,69 @@ def _adapter_state(unet: UNet2DConditionModel, adapter_name: str, cfg: LoraConfi
     return state
 
 
+class LoraStep:
+    """One AdamW step on fp32 LoRA parameters, in the precision of the frozen base weights (``base_dtype``).
+
+    float16: the loss is computed under fp16 autocast (``dtype``) and scaled by a ``torch.amp.GradScaler`` before
+    the backward pass, so small gradients do not underflow in fp16; the scaler unscales the gradients before the
+    optimiser step (clip, if ever added, after ``scaler.unscale_``), skips a step whose gradients hold Inf/NaN and
+    lowers the scale. bfloat16: bf16 autocast, no scaling (its range is fp32's). Anything else: plain fp32.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, base_dtype: torch.dtype) -> None:
+        self.params = params
+        self.dtype = base_dtype if base_dtype in (torch.float16, torch.bfloat16) else torch.float32
+        self.optimizer = torch.optim.AdamW(params, lr=lr)
+        self.scaler = torch.amp.GradScaler(params[0].device.type) if self.dtype == torch.float16 else None
+
+    def __call__(self, loss: torch.Tensor) -> float:
+        """Back-propagate ``loss`` (computed under autocast in ``self.dtype``), step, and return its value."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return loss.item()
+
+
+@contextmanager
+def lora_training(unet: UNet2DConditionModel, cfg: LoraConfig, seed: int) -> Iterator[LoraStep]:
+    """A fresh LoRA (seeded, fp32 parameters) on the frozen ``unet`` in train mode, with its ``LoraStep``.
+
+    On exit the adapter is removed and every base weight's requires_grad flag and the train/eval mode are restored.
+    """
+    base_dtype = unet.dtype
+    grad_flags = {name: p.requires_grad for name, p in unet.named_parameters()}
+    was_training = unet.training
+    unet.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        add_lora(unet, cfg, TRAIN_ADAPTER)
+    try:
+        cast_training_params(unet, torch.float32)
+        step = LoraStep([p for p in unet.parameters() if p.requires_grad], cfg.lr, base_dtype)
+        unet.train()
+        yield step
+    finally:
+        _remove_unet_adapter(unet, TRAIN_ADAPTER)
+        for name, param in unet.named_parameters():
+            param.requires_grad_(grad_flags.get(name, False))
+        unet.train(was_training)
+
+
+def lora_images(dataset: Dataset, cfg: LoraConfig, seed: int) -> Dataset:
+    """The images LoRA encodes: all of them, or a seeded random ``lora.steps x lora.batch-size`` of them when the set
+    is larger (no run draws more samples than that), so the latent stats kept on the device stay bounded."""
+    cap = cfg.steps * cfg.batch_size
+    if len(dataset) <= cap:  # type: ignore[arg-type]
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
+    return Subset(dataset, order[:cap].sort().values.tolist())
+
+
 def finetune_lora(
     pipe: StableDiffusionPipeline,
     dataset: Dataset,
@@ -89,50 +152,34 @@ def finetune_lora(
 
     Prompts are ``class_prompts(template, class_names, domain_phrase)`` by label, with 10% empty prompts. The
     text encoder, the VAE and every base weight stay frozen, and the adapter is removed from the pipeline
-    afterwards, which leaves the pipeline exactly as it was.
+    afterwards, which leaves the pipeline exactly as it was. The training images are read, resized to the
+    generator's native size and VAE-encoded batch by batch (``training_batches``); only their latent stats are kept.
+    The step runs in the UNet's precision (``LoraStep``).
     """
     unet, device = pipe.unet, pipe.device
-    base_dtype = unet.dtype
     started = time.perf_counter()
     size = unet.config.sample_size * pipe.vae_scale_factor
-    images, labels = training_images(dataset, class_names, size, "LoRA")
-    data = TrainingLatents.encode(pipe.vae, images, labels)
+    dataset = lora_images(dataset, cfg, seed)
+    batches = training_batches(dataset, class_names, size, "LoRA")
+    data = TrainingLatents.encode_batches(pipe.vae, batches, len(dataset))  # type: ignore[arg-type]
     embeddings = prompt_embeddings(pipe, class_prompts(template, class_names, domain_phrase) + [""])
-    embeddings = embeddings.to(device, base_dtype)
+    embeddings = embeddings.to(device, unet.dtype)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     generator = torch.Generator().manual_seed(seed)
-    grad_flags = {name: p.requires_grad for name, p in unet.named_parameters()}
-    was_training = unet.training
-    unet.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        add_lora(unet, cfg, TRAIN_ADAPTER)
     losses: list[float] = []
-    try:
-        cast_training_params(unet, torch.float32)
-        params = [p for p in unet.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-        unet.train()
-        bar = tqdm(range(cfg.steps), desc="client LoRA", unit="step")
+    with lora_training(unet, cfg, seed) as step:
+        bar = progress_bar(range(cfg.steps), desc="client LoRA", unit="step")
         for _ in bar:
             loss = noise_prediction_loss(
-                unet, noise_scheduler, data, embeddings, cfg.batch_size, UNCOND_PROB, generator, base_dtype
+                unet, noise_scheduler, data, embeddings, cfg.batch_size, UNCOND_PROB, generator, step.dtype
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(step(loss))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         state = _adapter_state(unet, TRAIN_ADAPTER, cfg)
-    finally:
-        _remove_unet_adapter(unet, TRAIN_ADAPTER)
-        for name, param in unet.named_parameters():
-            param.requires_grad_(grad_flags.get(name, False))
-        unet.train(was_training)
     window = max(1, min(50, len(losses) // 5))
     logger.info(
         "LoRA r=%d on %d images: %d steps in %.1f s, loss %.4f -> %.4f, %d tensors, %.1f KiB",
-        cfg.rank, len(images), cfg.steps, time.perf_counter() - started,
+        cfg.rank, len(data.labels), cfg.steps, time.perf_counter() - started,
         sum(losses[:window]) / window, sum(losses[-window:]) / window, len(state), adapter_bytes(state) / 1024,
     )
     return state
@@ -155,13 +202,21 @@ def export_adapter(state: Mapping[str, torch.Tensor], directory: Path) -> Path:
 
 def adapter_schema(pipe: StableDiffusionPipeline, cfg: LoraConfig) -> Schema:
     """Expected adapter keys -> (shape, dtype name) for ``cfg``'s rank and targets on this pipeline's UNet."""
+    return unet_adapter_schema(pipe.unet, cfg)
+
+
+def unet_adapter_schema(unet: UNet2DConditionModel, cfg: LoraConfig) -> Schema:
+    """:func:`adapter_schema` of a bare UNet, read from shapes alone, so a UNet on the 'meta' device works too.
+
+    Every entry is float32, the dtype :func:`finetune_lora` exports.
+    """
     with torch.random.fork_rng(devices=[]):
-        add_lora(pipe.unet, cfg, PROBE_ADAPTER)
+        add_lora(unet, cfg, PROBE_ADAPTER)
     try:
-        state = _adapter_state(pipe.unet, PROBE_ADAPTER, cfg)
+        state = get_peft_model_state_dict(unet, adapter_name=PROBE_ADAPTER)
     finally:
-        _remove_unet_adapter(pipe.unet, PROBE_ADAPTER)
-    return {key: (tuple(value.shape), str(value.dtype).removeprefix("torch.")) for key, value in state.items()}
+        _remove_unet_adapter(unet, PROBE_ADAPTER)
+    return {PREFIX + key: (tuple(value.shape), "float32") for key, value in state.items()}
 
 
 def validate_adapter(state: Mapping[str, torch.Tensor], schema: Schema, max_bytes: int, client: str) -> None:

@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch.nn import functional as F
 from torchvision.utils import save_image
-from tqdm.auto import tqdm
 
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative.prompts import prompt_embeddings
+from warmfed_flwr.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * _SEED_STRIDE + batch_index) % 2**63
 
 
-def synthesize(
+def synthesize_batches(
     pipe: StableDiffusionPipeline,
     embeddings: torch.Tensor,
     images_per_class: int,
@@ -43,16 +43,18 @@ def synthesize(
     batch_size: int,
     seed: int,
     size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate ``images_per_class`` images for each row of ``embeddings`` [C, seq, dim].
+    negative_prompt: str = "",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Generate ``images_per_class`` images for each row of ``embeddings`` [C, seq, dim], one batch at a time.
 
     Labels interleave the classes (0, 1, ..., C-1, 0, 1, ...) so every batch holds several classes.
-    The negative embedding for classifier-free guidance is the pipeline's own embedding of "".
+    The negative embedding for classifier-free guidance is the pipeline's own embedding of ``negative_prompt``
+    (by default "", the unconditional prompt).
     Batch ``b`` draws its noise from ``torch.Generator().manual_seed(batch_seed(seed, b))`` on the CPU, so a
-    run repeats for the same seed and batch size. Returns float images [N, 3, H, W] in [0, 1] on the CPU
-    (resized to ``size`` when given) and int64 labels [N].
+    run repeats for the same seed and batch size. Yields float images [b, 3, H, W] in [0, 1] on the CPU
+    (resized to ``size`` when given) and their int64 labels [b]; the inputs are checked before the first batch.
     """
-    null = prompt_embeddings(pipe, [""])
+    null = prompt_embeddings(pipe, [negative_prompt])
     if embeddings.ndim != 3 or tuple(embeddings.shape[1:]) != tuple(null.shape[1:]):
         raise GeneratorError(
             f"class embeddings have shape {tuple(embeddings.shape)} but this generator expects [C, "
@@ -64,27 +66,51 @@ def synthesize(
             f"{batch_size}, {steps}); fix the synthesis config"
         )
     labels = torch.arange(embeddings.shape[0]).repeat(images_per_class)
-    device, dtype = pipe.device, pipe.unet.dtype
     pipe.set_progress_bar_config(disable=True)
-    chunks = []
-    with tqdm(total=len(labels), desc="synthesis", unit="img") as bar:
-        for index, start in enumerate(range(0, len(labels), batch_size)):
-            batch = labels[start:start + batch_size]
-            generator = torch.Generator().manual_seed(batch_seed(seed, index))
-            out = pipe(
-                prompt_embeds=embeddings[batch].to(device, dtype),
-                negative_prompt_embeds=null.expand(len(batch), -1, -1).to(device, dtype),
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=generator,
-                output_type="pt",
-            ).images
-            out = out.float().clamp(0.0, 1.0).cpu()
-            if size is not None and tuple(out.shape[-2:]) != (size, size):
-                out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True).clamp(0.0, 1.0)
-            chunks.append(out)
-            bar.update(len(batch))
-    return torch.cat(chunks), labels
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device, dtype = pipe.device, pipe.unet.dtype
+        with progress_bar(total=len(labels), desc="synthesis", unit="img") as bar:
+            for index, start in enumerate(range(0, len(labels), batch_size)):
+                batch = labels[start:start + batch_size]
+                generator = torch.Generator().manual_seed(batch_seed(seed, index))
+                out = pipe(
+                    prompt_embeds=embeddings[batch].to(device, dtype),
+                    negative_prompt_embeds=null.expand(len(batch), -1, -1).to(device, dtype),
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=generator,
+                    output_type="pt",
+                ).images
+                out = out.float().clamp(0.0, 1.0).cpu()
+                if size is not None and tuple(out.shape[-2:]) != (size, size):
+                    out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True).clamp(0.0, 1.0)
+                bar.update(len(batch))
+                yield out, batch
+
+    return batches()
+
+
+def synthesize(
+    pipe: StableDiffusionPipeline,
+    embeddings: torch.Tensor,
+    images_per_class: int,
+    steps: int,
+    guidance: float,
+    batch_size: int,
+    seed: int,
+    size: int | None = None,
+    negative_prompt: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of :func:`synthesize_batches` at once: float images [N, 3, H, W] in [0, 1] and int64 labels [N]."""
+    parts = list(synthesize_batches(pipe, embeddings, images_per_class, steps, guidance, batch_size, seed, size,
+                                    negative_prompt))
+    return torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
+
+
+def quantize(images: torch.Tensor) -> np.ndarray:
+    """Float images in [0, 1] as uint8 (rounded), the form synthetic images are cached and sent in."""
+    return (images.detach().cpu().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
 
 
 def _feed(digest: Any, part: Any) -> None:
@@ -121,10 +147,6 @@ def synthesis_key(*parts: Any) -> str:
     return digest.hexdigest()
 
 
-def _dequantize(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(images).float().div(255.0), torch.from_numpy(labels).long()
-
-
 def cached_arrays(
     cache_dir: Path, key: str, make: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
@@ -155,33 +177,43 @@ def cached_arrays(
 
 
 def cached_synthesis(
-    cache_dir: Path, key: str, make: Callable[[], tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels stored at ``cache_dir/<key>.npz`` (uint8 images), made by ``make()`` when absent.
+    cache_dir: Path, key: str, make: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, H, W, 3] and int64 labels [N] stored at ``cache_dir/<key>.npz``, made when absent.
 
-    Both the first and later calls return the uint8-quantized images as float [0, 1], so they agree exactly.
+    ``make()`` yields batches of float images [b, 3, H, W] in [0, 1] and labels; each batch is quantized as it
+    comes, so no float copy of the whole set is ever held. The file keeps the images as [N, 3, H, W].
     """
 
     def make_arrays() -> dict[str, np.ndarray]:
-        images_t, labels_t = make()
-        images = (images_t.detach().cpu().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
-        return {"images": images, "labels": labels_t.detach().cpu().to(torch.int64).numpy()}
+        images, labels = [], []
+        for batch_images, batch_labels in make():
+            images.append(quantize(batch_images))
+            labels.append(batch_labels.detach().cpu().to(torch.int64).numpy())
+        return {"images": np.concatenate(images), "labels": np.concatenate(labels)}
 
     arrays = cached_arrays(cache_dir, key, make_arrays)
     try:
-        return _dequantize(arrays["images"], arrays["labels"])
+        images, labels = arrays["images"], arrays["labels"]
     except KeyError as exc:
         raise GeneratorError(f"synthetic set cache {Path(cache_dir) / key}.npz lacks {exc}; delete it") from exc
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels.astype(np.int64)
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 8) -> None:
-    """A PNG with one row per class (sorted label order) of up to ``per_class`` images; short rows are padded black."""
+GRID_MAX_CLASSES = 20
+"""Rows a synthetic grid shows at most (the first classes in label order): DomainNet's 345 would make a huge PNG."""
+
+
+def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 8) -> None:
+    """A PNG of uint8 [N, H, W, 3] images: one row per class (sorted label order, at most ``GRID_MAX_CLASSES``) of
+    up to ``per_class`` images; short rows are padded black."""
+    labels = np.asarray(labels)
     rows = []
-    for label in sorted(set(labels.tolist())):
-        chosen = images[labels == label][:per_class].float().cpu()
+    for label in sorted(set(labels.tolist()))[:GRID_MAX_CLASSES]:
+        chosen = torch.from_numpy(np.ascontiguousarray(images[labels == label][:per_class]))
+        chosen = chosen.permute(0, 3, 1, 2).float().div(255.0)
         if len(chosen) < per_class:
-            padding = torch.zeros((per_class - len(chosen), *images.shape[1:]))
-            chosen = torch.cat([chosen, padding])
+            chosen = torch.cat([chosen, torch.zeros((per_class - len(chosen), *chosen.shape[1:]))])
         rows.append(chosen)
     if not rows:
         raise GeneratorError(f"no images to draw in {path}; synthesize at least one image per class first")

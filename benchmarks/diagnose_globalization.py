@@ -121,26 +121,33 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path) -> dict[str,
     return results
 
 
-def main() -> None:
-    """Run the seeds and write the markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(doc: str) -> argparse.Namespace:
+    """--seeds, --set KEY=VALUE overrides and --out, for this script and the diagnostics that replay its rounds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.sets)}
-    per_seed = [run_seed(seed, overrides, default_cache_dir()) for seed in args.seeds]
+    return parser.parse_args()
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The --set overrides as config values."""
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.sets)}
+
+
+def write_table(args: argparse.Namespace, module: str, title: str, description: str, row_header: str,
+                per_seed: list[dict[str, list[float]]]) -> None:
+    """The per-round table (mean ± std over seeds) with the command that made it, to ``args.out`` and stdout."""
     rounds = len(next(iter(per_seed[0].values())))
     lines = [
-        "# Globalization diagnostic (validation accuracy, pooled, %)", "",
-        f"Command: `python -m benchmarks.diagnose_globalization --seeds {' '.join(map(str, args.seeds))}"
+        f"# {title}", "",
+        f"Command: `python -m {module} --seeds {' '.join(map(str, args.seeds))}"
         + (f" --set {' '.join(args.sets)}" if args.sets else "") + f" --out {args.out}`", "",
-        "Every client's train split is cut 80/20 (fit / validation); round 0 runs once per seed and every variant "
-        "replays rounds 1..R from the same warm start. Mean ± std over seeds.", "",
-        "| variant | " + " | ".join(f"r{r}" for r in range(rounds)) + " |",
+        description, "",
+        f"| {row_header} | " + " | ".join(f"r{r}" for r in range(rounds)) + " |",
         "|---|" + "---|" * rounds,
     ]
-    for name in VARIANTS:
+    for name in per_seed[0]:
         cells = []
         for r in range(rounds):
             values = [100 * result[name][r] for result in per_seed]
@@ -150,6 +157,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def main() -> None:
+    """Run the seeds and write the markdown table."""
+    args = parse_args(__doc__)
+    per_seed = [run_seed(seed, overrides_of(args), default_cache_dir()) for seed in args.seeds]
+    write_table(args, "benchmarks.diagnose_globalization", "Globalization diagnostic (validation accuracy, pooled, %)",
+                "Every client's train split is cut 80/20 (fit / validation); round 0 runs once per seed and every "
+                "variant replays rounds 1..R from the same warm start. Mean ± std over seeds.", "variant", per_seed)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,13 @@ Only validation splits are scored; the test splits that results/*.md report are 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from benchmarks.diagnose_globalization import replay, validation_splits
+from benchmarks.diagnose_globalization import overrides_of, parse_args, replay, validation_splits, write_table
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import ClientSplit, ImageArrayDataset, default_cache_dir
 from warmfed_flwr.data.partition import stratified_split
@@ -98,33 +95,13 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path) -> dict[str,
 
 def main() -> None:
     """Run the seeds and write the markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.sets)}
-    per_seed = [run_seed(seed, overrides, default_cache_dir()) for seed in args.seeds]
-    rounds = len(next(iter(per_seed[0].values())))
-    lines = [
-        "# Globalization with a synthetic or a real subset (validation accuracy, pooled, %)", "",
-        f"Command: `python -m benchmarks.diagnose_subset_quality --seeds {' '.join(map(str, args.seeds))}"
-        + (f" --set {' '.join(args.sets)}" if args.sets else "") + f" --out {args.out}`", "",
-        "Each client's train split: fit 60 %, a held-out real pool 20 %, validation 20 %. Round 0 runs once per seed; "
-        "every variant replays rounds 1..R from the same warm start. Mean ± std over seeds.", "",
-        "| subset used for globalization | " + " | ".join(f"r{r}" for r in range(rounds)) + " |",
-        "|---|" + "---|" * rounds,
-    ]
-    for name in VARIANTS:
-        cells = []
-        for r in range(rounds):
-            values = [100 * result[name][r] for result in per_seed]
-            spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    args = parse_args(__doc__)
+    per_seed = [run_seed(seed, overrides_of(args), default_cache_dir()) for seed in args.seeds]
+    write_table(args, "benchmarks.diagnose_subset_quality",
+                "Globalization with a synthetic or a real subset (validation accuracy, pooled, %)",
+                "Each client's train split: fit 60 %, a held-out real pool 20 %, validation 20 %. Round 0 runs once "
+                "per seed; every variant replays rounds 1..R from the same warm start. Mean ± std over seeds.",
+                "subset used for globalization", per_seed)
 
 
 if __name__ == "__main__":

@@ -99,11 +99,12 @@ def flwr_run(
 
 
 def run_statuses(procs: Processes) -> list[str]:
-    """The status of every run the SuperLink knows ('finished:completed', 'finished:failed', ...), oldest first."""
+    """The status of every run the SuperLink knows ('finished:completed', 'finished:failed', ...), oldest first
+    (by submission time: run ids are random)."""
     done = subprocess.run([str(BIN / "flwr"), "ls", "test", "--format", "json"], env=procs.env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=True)
     runs = json.loads(done.stdout)["runs"]
-    return [run["status"] for run in sorted(runs, key=lambda run: run["run-id"])]
+    return [run["status"] for run in sorted(runs, key=lambda run: run["pending-at"])]
 
 
 def read_metrics(run_dir: Path) -> dict:

@@ -117,11 +117,7 @@ def load_domains(
     on_corrupt: str = "error",
 ) -> tuple[dict[str, DomainArrays], list[str]]:
     """The selected hospitals of Camelyon17-WILDS and the prompt class names."""
-    root = Path(root).expanduser().absolute()
-    if not root.is_dir():
-        raise DataError(
-            f"data.path {root} does not exist or is not a folder; point it at the WILDS camelyon17_v1.0 folder"
-        )
+    root = imagefolder.data_root(root, "the WILDS camelyon17_v1.0 folder")
     by_center = read_metadata(root)
     present = {hospital_name(c): patches for c, patches in by_center.items() if patches}
     if not present:

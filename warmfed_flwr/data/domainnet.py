@@ -138,9 +138,7 @@ def load_domains(
     on_corrupt: str = "error",
 ) -> tuple[dict[str, DomainArrays], list[str]]:
     """The selected DomainNet domains (official train/test split in ``is_test``) and the prompt class names."""
-    root = Path(root).expanduser().absolute()
-    if not root.is_dir():
-        raise DataError(f"data.path {root} does not exist or is not a folder; point it at the DomainNet root")
+    root = imagefolder.data_root(root, "the DomainNet root")
     named = (p.name.removesuffix(TRAIN_SUFFIX) for p in root.glob("*" + TRAIN_SUFFIX))
     available = sorted(name for name in named if (root / name).is_dir())
     if not available:

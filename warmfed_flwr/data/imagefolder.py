@@ -151,11 +151,12 @@ def _load_tree(
     return arrays
 
 
-def _check_root(root: Path) -> None:
-    if not root.is_dir():
-        raise DataError(
-            f"data.path {root} does not exist or is not a folder; point it at a <root>/<domain>/<class>/<image> tree"
-        )
+def data_root(root: str | Path, expected: str) -> Path:
+    """``root`` as an absolute folder; a missing one stops with one line that says what it should be."""
+    path = Path(root).expanduser().absolute()
+    if not path.is_dir():
+        raise DataError(f"data.path {path} does not exist or is not a folder; point it at {expected}")
+    return path
 
 
 def load_domains(
@@ -167,8 +168,7 @@ def load_domains(
     on_corrupt: str = "error",
 ) -> tuple[dict[str, DomainArrays], list[str]]:
     """The selected domains of a ``root/domain/class/image`` tree and the prompt class names."""
-    root = Path(root).expanduser().absolute()
-    _check_root(root)
+    root = data_root(root, "a <root>/<domain>/<class>/<image> tree")
     available = [p.name for p in _subdirs(root)]
     if not available:
         raise DataError(f"data.path {root} has no domain folders; lay it out as {root}/<domain>/<class>/<image>")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.pipelines import pipeline_utils
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from warmfed_flwr.config import GeneratorConfig
 from warmfed_flwr.errors import GeneratorError
@@ -41,6 +44,9 @@ def load_pipeline(base: str, device: torch.device, dtype: str = "auto") -> Stabl
     picks flash or memory-efficient kernels on CUDA; the VAE decodes image by image at 256 px and above.
     """
     dtype_t = torch_dtype(dtype, device)
+    if not sys.stderr.isatty():  # diffusers' and transformers' loading bars would fill Flower's log
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             base, safety_checker=None, requires_safety_checker=False, **{_DTYPE_KWARG: dtype_t}

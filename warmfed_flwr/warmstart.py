@@ -30,9 +30,9 @@ from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adap
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import (
-    _feed,
     cached_arrays,
     cached_synthesis,
+    feed_digest,
     save_grid,
     synthesis_key,
     synthesize_batches,
@@ -89,13 +89,13 @@ def dataset_key(*parts: Any) -> str:
             digest.update(f"tensor{(len(part), 3, *part.images.shape[1:3])}{torch.float32}".encode())
             for start in range(0, len(part), 256):
                 digest.update(part.float_images(start, start + 256).numpy().tobytes())
-            _feed(digest, torch.from_numpy(np.array(part.labels, dtype=np.int64)))
+            feed_digest(digest, torch.from_numpy(np.array(part.labels, dtype=np.int64)))
         elif isinstance(part, ImageFileDataset):
-            _feed(digest, (list(part.paths), np.array(part.labels, dtype=np.int64)))
+            feed_digest(digest, (list(part.paths), np.array(part.labels, dtype=np.int64)))
         elif isinstance(part, TensorDataset):
-            _feed(digest, part.tensors)
+            feed_digest(digest, part.tensors)
         else:
-            _feed(digest, part)
+            feed_digest(digest, part)
     return digest.hexdigest()
 
 

@@ -113,7 +113,7 @@ def quantize(images: torch.Tensor) -> np.ndarray:
     return (images.detach().cpu().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
 
 
-def _feed(digest: Any, part: Any) -> None:
+def feed_digest(digest: Any, part: Any) -> None:
     """Hash one value with a type tag, recursing into containers and dataclasses."""
     if isinstance(part, torch.Tensor):
         tensor = part.detach().cpu().contiguous()
@@ -126,15 +126,15 @@ def _feed(digest: Any, part: Any) -> None:
     elif isinstance(part, dict):
         digest.update(f"dict{len(part)}".encode())
         for key in sorted(part, key=str):
-            _feed(digest, str(key))
-            _feed(digest, part[key])
+            feed_digest(digest, str(key))
+            feed_digest(digest, part[key])
     elif isinstance(part, (list, tuple)):
         digest.update(f"seq{len(part)}".encode())
         for item in part:
-            _feed(digest, item)
+            feed_digest(digest, item)
     elif dataclasses.is_dataclass(part) and not isinstance(part, type):
         digest.update(type(part).__name__.encode())
-        _feed(digest, dataclasses.asdict(part))
+        feed_digest(digest, dataclasses.asdict(part))
     else:
         digest.update(f"{type(part).__name__}:{part!r};".encode())
 
@@ -143,7 +143,7 @@ def synthesis_key(*parts: Any) -> str:
     """sha256 over tensors' bytes (with shape and dtype), config values and dataclasses."""
     digest = hashlib.sha256()
     for part in parts:
-        _feed(digest, part)
+        feed_digest(digest, part)
     return digest.hexdigest()
 
 

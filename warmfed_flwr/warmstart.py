@@ -4,7 +4,6 @@ warm-start training, the class-balanced synthetic subset and the globalization f
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import queue
 import threading
@@ -30,9 +29,9 @@ from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adap
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import (
+    ChunkedTensor,
     cached_arrays,
     cached_synthesis,
-    feed_digest,
     save_grid,
     synthesis_key,
     synthesize_batches,
@@ -82,21 +81,22 @@ def refuse_large_generator_on_cpu(pipe: StableDiffusionPipeline, cfg: Experiment
 def dataset_key(*parts: Any) -> str:
     """``synthesis_key`` of ``parts`` where a dataset counts as the (images, labels) float tensors it yields, without
     a float copy of a uint8 ``ImageArrayDataset`` (its key equals that of a TensorDataset of the same floats)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, ImageArrayDataset):
-            digest.update(b"seq2")
-            digest.update(f"tensor{(len(part), 3, *part.images.shape[1:3])}{torch.float32}".encode())
-            for start in range(0, len(part), 256):
-                digest.update(part.float_images(start, start + 256).numpy().tobytes())
-            feed_digest(digest, torch.from_numpy(np.array(part.labels, dtype=np.int64)))
-        elif isinstance(part, ImageFileDataset):
-            feed_digest(digest, (list(part.paths), np.array(part.labels, dtype=np.int64)))
-        elif isinstance(part, TensorDataset):
-            feed_digest(digest, part.tensors)
-        else:
-            feed_digest(digest, part)
-    return digest.hexdigest()
+    return synthesis_key(*(_hashable(part) for part in parts))
+
+
+def _hashable(part: Any) -> Any:
+    """What ``dataset_key`` hashes for ``part``: a dataset as its (images, labels), else ``part`` itself."""
+    if isinstance(part, ImageArrayDataset):
+        def chunks() -> Iterator[torch.Tensor]:
+            return (part.float_images(start, start + 256) for start in range(0, len(part), 256))
+
+        images = ChunkedTensor((len(part), 3, *part.images.shape[1:3]), torch.float32, chunks)
+        return images, torch.from_numpy(np.array(part.labels, dtype=np.int64))
+    if isinstance(part, ImageFileDataset):
+        return list(part.paths), np.array(part.labels, dtype=np.int64)
+    if isinstance(part, TensorDataset):
+        return part.tensors
+    return part
 
 
 def client_upload(

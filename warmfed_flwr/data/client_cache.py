@@ -34,21 +34,25 @@ def load_client(cfg: DataConfig, seed: int, cache_dir: Path, partition_id: int) 
     ImageFolder tree; every domain otherwise, and then it writes every partition) and caches it as uint8 .npy files
     under ``<cache>/clients``; later calls, in any process, memory-map those files.
     """
-    class_names, _, split = _cached_partition(cfg, seed, Path(cache_dir).expanduser().absolute(), partition_id)
+    cache_dir = Path(cache_dir).expanduser().absolute()
+    folder = _partitions_dir(cfg, seed, cache_dir)
+    class_names, _, split = _cached_partition(folder, cfg, seed, cache_dir, partition_id)
     return class_names, split
 
 
 def load_clients(cfg: DataConfig, seed: int, cache_dir: Path) -> Benchmark:
     """Every partition through the same cache, memory-mapped: an image is read from disk only when it is used."""
     cache_dir = Path(cache_dir).expanduser().absolute()
-    class_names, count, first = _cached_partition(cfg, seed, cache_dir, 0)
-    return Benchmark(class_names, [first] + [_cached_partition(cfg, seed, cache_dir, p)[2] for p in range(1, count)])
+    folder = _partitions_dir(cfg, seed, cache_dir)  # fingerprints the source once for every partition
+    class_names, count, first = _cached_partition(folder, cfg, seed, cache_dir, 0)
+    rest = [_cached_partition(folder, cfg, seed, cache_dir, p)[2] for p in range(1, count)]
+    return Benchmark(class_names, [first, *rest])
 
 
-def _cached_partition(cfg: DataConfig, seed: int, cache_dir: Path, partition_id: int) -> tuple[list[str], int,
-                                                                                                  ClientSplit]:
-    """(class names, number of partitions, the split) from the cache, built first under a lock when missing."""
-    folder = _partitions_dir(cfg, seed, cache_dir)
+def _cached_partition(folder: Path, cfg: DataConfig, seed: int, cache_dir: Path,
+                      partition_id: int) -> tuple[list[str], int, ClientSplit]:
+    """(class names, number of partitions, the split) from the cache ``folder`` of ``cfg`` and ``seed``
+    (:func:`_partitions_dir`), built first under a lock when missing."""
     path = folder / f"p{partition_id}"
     cached = _read_partition(path)
     if cached is not None:

@@ -23,6 +23,12 @@ from warmfed_flwr.errors import DataError
 log = logging.getLogger(__name__)
 
 DEFAULT_DOMAINS = DataConfig().domain_list()
+FOLDER_LAYOUTS = {
+    "imagefolder": "a <root>/<domain>/<class>/<image> tree",
+    "camelyon17": "the WILDS camelyon17_v1.0 folder (see the README)",
+    "domainnet": "the DomainNet root with its split files (see the README)",
+}
+"""What ``data.path`` must hold for each source read from a folder."""
 
 
 def default_cache_dir() -> Path:
@@ -40,8 +46,8 @@ def load_domains(cfg: DataConfig, cache_dir: Path) -> tuple[dict[str, DomainArra
     """Every selected domain of ``cfg.source`` as uint8 arrays, and the class names."""
     if cfg.class_list() and cfg.source != "domainnet":
         raise DataError(f"data.classes is only read by data.source=domainnet, not {cfg.source}; set it to \"\"")
-    if cfg.source in ("camelyon17", "domainnet") and not cfg.path:
-        raise DataError(f"data.source={cfg.source} needs data.path: the dataset root (see the README)")
+    if cfg.source in FOLDER_LAYOUTS and not cfg.path:
+        raise DataError(f"data.source={cfg.source} needs data.path: {FOLDER_LAYOUTS[cfg.source]}")
     if cfg.source == "camelyon17":
         return camelyon.load_domains(
             cfg.path, cfg.domain_list(), DEFAULT_DOMAINS, cfg.image_size, cache_dir, cfg.on_corrupt
@@ -54,8 +60,6 @@ def load_domains(cfg: DataConfig, cache_dir: Path) -> tuple[dict[str, DomainArra
     if cfg.source == "digits":
         return digits.load_domains(cfg.domain_list(), cfg.image_size, cache_dir), list(digits.CLASS_NAMES)
     if cfg.source == "imagefolder":
-        if not cfg.path:
-            raise DataError("data.source=imagefolder needs data.path: a <root>/<domain>/<class>/<image> tree")
         return imagefolder.load_domains(
             cfg.path, cfg.domain_list(), DEFAULT_DOMAINS, cfg.image_size, cache_dir, cfg.on_corrupt
         )

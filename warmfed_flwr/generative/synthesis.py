@@ -10,6 +10,7 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +114,24 @@ def quantize(images: torch.Tensor) -> np.ndarray:
     return (images.detach().cpu().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
 
 
+@dataclass(frozen=True)
+class ChunkedTensor:
+    """A tensor of ``shape`` and ``dtype`` given as consecutive chunks along its first axis (``chunks()`` yields
+    them), hashed exactly as the whole tensor would be but never held at once."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    chunks: Callable[[], Iterable[torch.Tensor]]
+
+
 def feed_digest(digest: Any, part: Any) -> None:
     """Hash one value with a type tag, recursing into containers and dataclasses."""
     if isinstance(part, torch.Tensor):
-        tensor = part.detach().cpu().contiguous()
-        digest.update(f"tensor{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        feed_digest(digest, ChunkedTensor(tuple(part.shape), part.dtype, lambda: [part]))
+    elif isinstance(part, ChunkedTensor):
+        digest.update(f"tensor{tuple(part.shape)}{part.dtype}".encode())
+        for chunk in part.chunks():
+            digest.update(chunk.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     elif isinstance(part, np.ndarray):
         array = np.ascontiguousarray(part)
         digest.update(f"ndarray{array.shape}{array.dtype}".encode())

@@ -8,7 +8,6 @@ build time instead of building again).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import tempfile
@@ -35,7 +34,7 @@ def time_lora(pipe, pool, names: list[str], batch_size: int, steps: int) -> tupl
     finetune_lora(pipe, pool, names, TEMPLATE, cfg, seed=0)
     short = time.perf_counter() - started
     started = time.perf_counter()
-    state = finetune_lora(pipe, pool, names, TEMPLATE, dataclasses.replace(cfg, steps=steps + 1), seed=0)
+    state = finetune_lora(pipe, pool, names, TEMPLATE, cfg.model_copy(update={"steps": steps + 1}), seed=0)
     long = time.perf_counter() - started
     return (long - short) / steps, adapter_bytes(state)
 

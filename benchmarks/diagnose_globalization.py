@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from warmfed_flwr.data import ClientSplit, default_cache_dir, load_benchmark
 from warmfed_flwr.data.partition import stratified_split
 from warmfed_flwr.protocol import EMBEDDINGS
 from warmfed_flwr.training import evaluate, get_weights, resolve_device, seed_everything, set_weights
-from warmfed_flwr.warmstart import WarmStartServer, client_upload, default_domain_phrase, globalize_client
+from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase, globalize_client
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "warm start + FedAvg (no synthetic fine-tuning)": {"client_syn_finetune": False, "server_finetune": False},
@@ -57,11 +56,11 @@ def validation_splits(cfg: ExperimentConfig, cache_dir: Path) -> tuple[list[str]
     return benchmark.class_names, clients
 
 
-def replay(server: WarmStartServer, warm: list, clients: list[ClientSplit], cfg: ExperimentConfig,
+def replay(warm_start: SyntheticWarmStart, warm: list, clients: list[ClientSplit], cfg: ExperimentConfig,
            device: torch.device) -> list[float]:
     """Pooled validation accuracy after the warm start and after every round 1..R of ``cfg``."""
-    server.cfg = cfg
-    model = copy.deepcopy(server.model)
+    warm_start.cfg = cfg
+    model = copy.deepcopy(warm_start.model)
     set_weights(model, warm)
     history = [pooled_accuracy(model, clients, device)]
     weights = warm
@@ -69,11 +68,11 @@ def replay(server: WarmStartServer, warm: list, clients: list[ClientSplit], cfg:
         uploads = []
         for index, client in enumerate(clients):
             set_weights(model, weights)
-            globalize_client(model, server.subset, client, cfg, device, cfg.seed * 1000 + index + algo_round)
+            globalize_client(model, warm_start.subset, client, cfg, device, cfg.seed * 1000 + index + algo_round)
             uploads.append(([w.copy() for w in get_weights(model)], len(client.train)))
         total = sum(n for _, n in uploads)
         averaged = [sum(w[i] * (n / total) for w, n in uploads) for i in range(len(uploads[0][0]))]
-        weights = [w.copy() for w in server.finetune(averaged, algo_round, [w for w, _ in uploads])]
+        weights = [w.copy() for w in warm_start.finetune(averaged, algo_round, [w for w, _ in uploads])]
         set_weights(model, weights)
         history.append(pooled_accuracy(model, clients, device))
     return history
@@ -102,20 +101,21 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path) -> dict[str,
         uploads.append((client.name, named))
     validation = {client.name: client.test for client in clients}
     prompts_only = [(name, {EMBEDDINGS: named[EMBEDDINGS]}) for name, named in uploads]
-    fgl = WarmStartServer(cfg, class_names, device, cache_dir, Path(f"/tmp/diagnose_globalization/fgl-s{seed}"))
+    fgl = SyntheticWarmStart(cfg, class_names, device, cache_dir, Path(f"/tmp/diagnose_globalization/fgl-s{seed}"))
     fgl.build_synthetic(prompts_only)
-    server = WarmStartServer(cfg, class_names, device, cache_dir, Path(f"/tmp/diagnose_globalization/warmfed-s{seed}"))
-    server.build_synthetic(uploads)
-    for label, source in (("FGL (base, prompts only)", fgl), ("WarmFed (adapters)", server)):
+    warm_start = SyntheticWarmStart(cfg, class_names, device, cache_dir,
+                                    Path(f"/tmp/diagnose_globalization/warmfed-s{seed}"))
+    warm_start.build_synthetic(uploads)
+    for label, source in (("FGL (base, prompts only)", fgl), ("WarmFed (adapters)", warm_start)):
         quality = source.synthetic_quality(validation)
         print(f"seed {seed} synthetic quality, {label}: "
               + ", ".join(f"{name} {100 * value:.1f}" for name, value in quality.items()), flush=True)
-    warm = [w.copy() for w in server.train_warm_start()]
+    warm = [w.copy() for w in warm_start.train_warm_start()]
     results = {}
     for name, change in VARIANTS.items():
         started = time.perf_counter()
-        variant = dataclasses.replace(cfg, warmfed=dataclasses.replace(cfg.warmfed, **change))
-        results[name] = replay(server, warm, clients, variant, device)
+        variant = cfg.model_copy(update={"warmfed": cfg.warmfed.model_copy(update=change)})
+        results[name] = replay(warm_start, warm, clients, variant, device)
         print(f"seed {seed} {name}: " + " ".join(f"{100 * a:.1f}" for a in results[name])
               + f" ({time.perf_counter() - started:.0f} s)", flush=True)
     return results

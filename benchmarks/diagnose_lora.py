@@ -29,7 +29,7 @@ from warmfed_flwr.data import default_cache_dir
 from warmfed_flwr.models import seeded_model
 from warmfed_flwr.protocol import EMBEDDINGS
 from warmfed_flwr.training import predict_logits, resolve_device, seed_everything, train_epochs
-from warmfed_flwr.warmstart import WarmStartServer, client_upload, default_domain_phrase
+from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase
 
 ATTN_SELF_AND_CONV = "attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0,conv1,conv2"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -82,9 +82,9 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path, out_dir: Pat
             named, _ = client_upload(cfg, client, class_names, device, cache_dir, phrase)
             uploads.append((client.name, named if cfg.lora.enabled else {EMBEDDINGS: named[EMBEDDINGS]}))
         slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
-        server = WarmStartServer(cfg, class_names, device, cache_dir, out_dir / f"s{seed}-{slug}")
-        synthetic = server.build_synthetic(uploads)
-        tstr = server.synthetic_quality({client.name: client.test for client in clients})
+        warm_start = SyntheticWarmStart(cfg, class_names, device, cache_dir, out_dir / f"s{seed}-{slug}")
+        synthetic = warm_start.build_synthetic(uploads)
+        tstr = warm_start.synthetic_quality({client.name: client.test for client in clients})
         row = {}
         for client in clients:
             mine = torch.tensor([i for i, source in enumerate(synthetic.sources) if source == client.name])

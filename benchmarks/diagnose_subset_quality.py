@@ -12,7 +12,6 @@ Only validation splits are scored; the test splits that results/*.md report are 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from warmfed_flwr.data import ClientSplit, ImageArrayDataset, default_cache_dir
 from warmfed_flwr.data.partition import stratified_split
 from warmfed_flwr.generative.synthesis import quantize
 from warmfed_flwr.training import resolve_device, seed_everything
-from warmfed_flwr.warmstart import WarmStartServer, client_upload, default_domain_phrase
+from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase
 
 POOL_SHARE = 0.25
 """Share of each client's fit part held out as its real pool (0.25 of 80 % = 20 % of the train split)."""
@@ -73,22 +72,22 @@ def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path) -> dict[str,
         named, _ = client_upload(cfg, client, class_names, device, cache_dir,
                                  default_domain_phrase(cfg.generator, client.domain))
         uploads.append((client.name, named))
-    server = WarmStartServer(cfg, class_names, device, cache_dir, Path(f"/tmp/diagnose_subset_quality/s{seed}"))
-    server.build_synthetic(uploads)
-    server.release_generator()
-    synthetic_subset = server.subset
+    warm_start = SyntheticWarmStart(cfg, class_names, device, cache_dir, Path(f"/tmp/diagnose_subset_quality/s{seed}"))
+    warm_start.build_synthetic(uploads)
+    warm_start.release_generator()
+    synthetic_subset = warm_start.subset
     real = real_subset_like(synthetic_subset, pool, seed)
     print(f"seed {seed}: synthetic subset {len(synthetic_subset)} images, real subset {len(real)}", flush=True)
-    warm = [w.copy() for w in server.train_warm_start()]
+    warm = [w.copy() for w in warm_start.train_warm_start()]
     results = {}
     for name, change in VARIANTS.items():
         source = change["subset"]
         knobs = {k: v for k, v in change.items() if k != "subset"}
         if source == "none":
             knobs.update(client_syn_finetune=False, server_finetune=False)
-        server.subset = real if source == "real" else synthetic_subset
-        variant = dataclasses.replace(cfg, warmfed=dataclasses.replace(cfg.warmfed, **knobs))
-        results[name] = replay(server, warm, clients, variant, device)
+        warm_start.subset = real if source == "real" else synthetic_subset
+        variant = cfg.model_copy(update={"warmfed": cfg.warmfed.model_copy(update=knobs)})
+        results[name] = replay(warm_start, warm, clients, variant, device)
         print(f"seed {seed} {name}: " + " ".join(f"{100 * a:.1f}" for a in results[name]), flush=True)
     return results
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.compare import PrivateLink
-from tests.flower_harness import BIN, ROOT
+from benchmarks.harness import BIN, ROOT
+from benchmarks.run_suite import PrivateLink
 
 KINDS = ("raise", "hang", "exit", "nan", "wrong-shape", "extra-key", "oversize", "absurd-examples")
 PROCESS_FAULTS = ("raise", "hang", "exit")

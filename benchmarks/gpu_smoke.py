@@ -30,7 +30,7 @@ from torch.utils.data import TensorDataset
 from warmfed_flwr.config import ExperimentConfig, load_yaml, resolve
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.training import evaluate, get_weights, seed_everything, set_weights
-from warmfed_flwr.warmstart import WarmStartServer, client_upload, default_domain_phrase, globalize_client
+from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase, globalize_client
 
 GIB = 2**30
 REDUCED = {"data.num-clients": 2, "data.source": "digits", "data.partition": "domain", "lora.steps": 20,
@@ -130,26 +130,26 @@ def run(cfg: ExperimentConfig, classes: int, per_class: int, cache_dir: Path, ou
                                      default_domain_phrase(cfg.generator, client.domain))
         uploads.append((client.name, named))
     with meter.stage("server_load"):
-        server = WarmStartServer(cfg, class_names, device, cache_dir / "server", output_dir)
+        warm_start = SyntheticWarmStart(cfg, class_names, device, cache_dir / "server", output_dir)
     with meter.stage("synthesis"):
-        synthetic = server.build_synthetic(uploads)
+        synthetic = warm_start.build_synthetic(uploads)
     with meter.stage("release_generator"):
-        server.release_generator()
+        warm_start.release_generator()
     with meter.stage("warm_start"):
-        warm = server.train_warm_start()
+        warm = warm_start.train_warm_start()
     with meter.stage("globalization_round"):
-        model = copy.deepcopy(server.model)
+        model = copy.deepcopy(warm_start.model)
         updates = []
         for index, client in enumerate(clients):
             set_weights(model, warm)
-            globalize_client(model, server.subset, client, cfg, device, cfg.seed * 1000 + index + 1)
+            globalize_client(model, warm_start.subset, client, cfg, device, cfg.seed * 1000 + index + 1)
             updates.append(([w.copy() for w in get_weights(model)], len(client.train)))
         total = sum(n for _, n in updates)
         averaged = [sum(w[i] * (n / total) for w, n in updates) for i in range(len(warm))]
-        final = server.finetune(averaged, 1, [w for w, _ in updates])
+        final = warm_start.finetune(averaged, 1, [w for w, _ in updates])
     set_weights(model, final)
     accuracy = [evaluate(model, client.test, device)[1] for client in clients]
-    print(f"synthetic images {len(synthetic.labels)}, subset {len(server.subset)}, global accuracy on random "
+    print(f"synthetic images {len(synthetic.labels)}, subset {len(warm_start.subset)}, global accuracy on random "
           f"test images {', '.join(f'{a:.2f}' for a in accuracy)}", flush=True)
     return meter
 

@@ -19,8 +19,8 @@ class WarmFedClient(FederatedClient):
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Dispatch on the stage the server asked for."""
-        if config[protocol.STAGE] == protocol.STAGE_WARMUP:
-            return self.warmup()
+        if config[protocol.STAGE] == protocol.STAGE_ROUND0_UPLOAD:
+            return self.round0_upload()
         named = payload.decode(parameters, sender="server")
         if protocol.SYNTHETIC_IMAGES in named:
             save_arrays(self.context, SUBSET, {k: named[k] for k in (protocol.SYNTHETIC_IMAGES,
@@ -35,7 +35,7 @@ class WarmFedClient(FederatedClient):
                                               len(self.split.train))
         return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics}
 
-    def warmup(self) -> tuple[NDArrays, int, dict[str, Scalar]]:
+    def round0_upload(self) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Round 0: LoRA-adapt the generator (when enabled) and send adapter and class prompt embeddings."""
         phrase = str(self.context.node_config.get("domain-phrase", "")) or self.default_domain_phrase()
         named, timings = client_upload(self.cfg, self.split, self.class_names, self.device, self.cache_dir, phrase)

@@ -1,6 +1,7 @@
 """WarmFed (arXiv 2503.03110) on Flower: round 0 warm start from client adapters, then globalization.
 
-FGL (arXiv 2306.16064) is the same strategy with LoRA off and client synthetic fine-tuning off.
+FGL (arXiv 2306.16064) is this strategy run with config.FGL_DIFFERENCES (LoRA off, client synthetic fine-tuning
+off), which resolve() applies for algorithm = fgl.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from warmfed_flwr import payload, protocol
 from warmfed_flwr.errors import FederationError, PayloadError
 from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX
 from warmfed_flwr.runtime import one_line_errors
-from warmfed_flwr.warmstart import WarmStartServer
+from warmfed_flwr.warmstart import SyntheticWarmStart
 
 
 class WarmFedStrategy(RecordingFedAvg):
@@ -28,10 +29,10 @@ class WarmFedStrategy(RecordingFedAvg):
 
     first_round = 0
 
-    def __init__(self, *args: Any, server: WarmStartServer, domains: Sequence[str] = (),
+    def __init__(self, *args: Any, warm_start: SyntheticWarmStart, domains: Sequence[str] = (),
                  quality_tests: dict[str, Dataset] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.server = server
+        self.warm_start = warm_start
         self.quality_tests = quality_tests or {}
         """Real test splits by client name, to score each client's synthetic images (a simulation diagnostic)."""
         self.domains = list(domains)
@@ -43,15 +44,15 @@ class WarmFedStrategy(RecordingFedAvg):
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The synthetic set's cache keys and the subset: the subset is sent again after a resume."""
-        return self.server.checkpoint_state()
+        return self.warm_start.checkpoint_state()
 
     def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Reload the synthetic set from the cache; clients get the subset again in their next round."""
-        self.server.restore_checkpoint_state(state)
+        self.warm_start.restore_checkpoint_state(state)
 
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
-        """Warm-up in round 0, globalization afterwards."""
-        stage = protocol.STAGE_WARMUP if server_round == 1 else protocol.STAGE_GLOBALIZE
+        """Round-0 upload in round 0, globalization afterwards."""
+        stage = protocol.STAGE_ROUND0_UPLOAD if server_round == 1 else protocol.STAGE_GLOBALIZE
         return {**super().fit_config(server_round), protocol.STAGE: stage}
 
     def configure_fit(
@@ -59,11 +60,11 @@ class WarmFedStrategy(RecordingFedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Round 0 asks every client; later rounds sample and send weights (+ the subset once) as a bundle."""
         if server_round == 1:
-            return self._configure_warmup(server_round, client_manager)
+            return self._configure_round0_upload(server_round, client_manager)
         pairs = super().configure_fit(server_round, parameters, client_manager)
         model = payload.with_prefix(payload.weights_to_named(parameters_to_ndarrays(parameters)),
                                     protocol.MODEL_PREFIX)
-        subset = self.server.subset_arrays() if self.cfg.warmfed.client_syn_finetune else {}
+        subset = self.warm_start.subset_arrays() if self.cfg.warmfed.client_syn_finetune else {}
         with_subset = ndarrays_to_parameters(payload.encode({**model, **subset}))
         without_subset = ndarrays_to_parameters(payload.encode(model))
         out = []
@@ -79,12 +80,14 @@ class WarmFedStrategy(RecordingFedAvg):
     def round_zero_schema(self) -> payload.Schema:
         """The upload schema the server expects in round 0, and the size limit derived from it (set once)."""
         if not self.upload_schema:
-            self.upload_schema = self.server.upload_schema()
+            self.upload_schema = self.warm_start.upload_schema()
             self.max_upload_bytes = payload.upload_limit(self.upload_schema,
                                                          int(self.cfg.synthesis.max_upload_mb * 2**20))
         return self.upload_schema
 
-    def _configure_warmup(self, server_round: int, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def _configure_round0_upload(
+        self, server_round: int, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         self.round_zero_schema()
         client_manager.wait_for(self.min_available_clients)
         clients = client_manager.sample(num_clients=client_manager.num_available(),
@@ -114,7 +117,8 @@ class WarmFedStrategy(RecordingFedAvg):
             return None, metrics
         started = time.perf_counter()
         uploads = [parameters_to_ndarrays(upload.res.parameters) for upload in accepted]
-        weights = self.server.finetune(parameters_to_ndarrays(aggregated), self.algorithm_round(server_round), uploads)
+        weights = self.warm_start.finetune(parameters_to_ndarrays(aggregated), self.algorithm_round(server_round),
+                                           uploads)
         self.recorder.add_time("server_finetune", time.perf_counter() - started)
         return ndarrays_to_parameters(weights), metrics
 
@@ -158,21 +162,22 @@ class WarmFedStrategy(RecordingFedAvg):
                 f"in {self.recorder.directory / 'metrics.json'}"
             )
         started = time.perf_counter()
-        synthetic = self.server.build_synthetic(sorted(((u.client, u.content) for u in accepted), key=lambda u: u[0]))
-        self.server.release_generator()
+        synthetic = self.warm_start.build_synthetic(sorted(((u.client, u.content) for u in accepted),
+                                                           key=lambda u: u[0]))
+        self.warm_start.release_generator()
         self.recorder.add_time("synthesis", time.perf_counter() - started)
         started = time.perf_counter()
-        weights = self.server.train_warm_start()
+        weights = self.warm_start.train_warm_start()
         self.recorder.add_time("warm_start_training", time.perf_counter() - started)
         quality = {}
         if self.quality_tests:
             started = time.perf_counter()
-            quality = self.server.synthetic_quality(self.quality_tests)
+            quality = self.warm_start.synthetic_quality(self.quality_tests)
             self.recorder.add_time("synthetic_quality", time.perf_counter() - started)
         self.recorder.record_round(0, {
             "clients_accepted": len(accepted),
             "synthetic_images": len(synthetic.labels),
-            "synthetic_subset": len(self.server.subset) if self.server.subset is not None else 0,
+            "synthetic_subset": len(self.warm_start.subset) if self.warm_start.subset is not None else 0,
             "classifier_bytes": payload.nbytes(weights),
             **{f"{SYNTHETIC_QUALITY_PREFIX}{client}": accuracy for client, accuracy in quality.items()},
         })

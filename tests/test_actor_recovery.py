@@ -7,7 +7,7 @@ import pytest
 from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from ray.exceptions import ActorDiedError
 
-from tests.flower_harness import ROOT
+from benchmarks.harness import ROOT
 from warmfed_flwr import actor_recovery
 
 try:

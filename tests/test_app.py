@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flower_harness import Processes, flwr_run, read_metrics, run_statuses, start_superlink
+from benchmarks.harness import Processes, flwr_run, read_metrics, run_statuses, start_superlink
 
 DOMAINS = ["mnist", "digits", "fonts", "mnistm"]
 

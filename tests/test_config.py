@@ -1,15 +1,20 @@
 """Config: YAML + run-config overrides, validated with errors that name the key."""
 
-from pathlib import Path
-
 import pytest
-import tomllib
 import yaml
 
-from warmfed_flwr.config import CONF_DIR, ExperimentConfig, load_yaml, resolve, schema
+from warmfed_flwr import config_keys
+from warmfed_flwr.config import (
+    CONF_DIR,
+    FGL_DIFFERENCES,
+    bounds,
+    key_is_used,
+    load_yaml,
+    resolve,
+    schema,
+    schema_fields,
+)
 from warmfed_flwr.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_default_experiment_is_warmfed_with_yaml_values():
@@ -19,18 +24,30 @@ def test_default_experiment_is_warmfed_with_yaml_values():
     assert cfg.lora.target_list() == ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
 
 
-def test_warmfed_yaml_spells_out_every_default():
-    flat = load_yaml("warmfed")
-    assert set(flat) == set(schema())
-    defaults = ExperimentConfig().to_flat()
-    for key, value in flat.items():
-        assert value == defaults[key], key
+def test_conf_yamls_state_only_what_differs_from_the_defaults():
+    defaults = schema()
+    for path in CONF_DIR.glob("*.yaml"):
+        flat = load_yaml(str(path))
+        assert {k for k, v in flat.items() if k != "experiment" and v == defaults[k]} == set(), path.name
+    assert load_yaml("warmfed") == {"experiment": "warmfed"}
 
 
-def test_pyproject_declares_every_key_as_an_override():
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert set(config) == set(schema())
-    assert all(v == "" for k, v in config.items() if k != "experiment")
+def test_pyproject_and_docs_are_in_step_with_the_schema():
+    text = config_keys.PYPROJECT.read_text()
+    assert config_keys.check(text, config_keys.DOC.read_text()) == []
+    assert config_keys.main(["--check"]) == 0
+    assert config_keys.rewrite_pyproject(text) == text
+
+
+def test_key_check_reports_a_missing_and_an_extra_pyproject_key():
+    text = config_keys.PYPROJECT.read_text()
+    assert '"lora.rank" = ""\n' in text
+    broken = text.replace('"lora.rank" = ""\n', '"lora.ranks" = ""\n')
+    problems = config_keys.pyproject_problems(broken)
+    assert len(problems) == 2
+    assert "lacks 'lora.rank'" in problems[0] and "'lora.ranks', which is not a schema key" in problems[1]
+    assert config_keys.check(broken, "stale") == [*problems, "docs/config.md is not the schema's current rendering"]
+    assert config_keys.rewrite_pyproject(broken) == text
 
 
 def test_every_experiment_yaml_resolves():
@@ -82,14 +99,66 @@ def test_bad_values_name_the_key_in_one_line(overrides, names):
 def test_bad_key_inside_a_yaml_file_is_named(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({"train": {"epochz": 2}}))
-    with pytest.raises(ConfigError, match="train.epochz"):
+    with pytest.raises(ConfigError) as info:
         resolve({"experiment": str(path)})
+    assert str(info.value) == ("unknown config key 'train.epochz' in experiment 'mine'; every key, its default "
+                               "and range is in docs/config.md")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.rounds": 0}, "config key 'train.rounds' = 0 must be a positive integer"),
+        ({"data.dirichlet-alpha": 0.0}, "config key 'data.dirichlet-alpha' = 0.0 must be positive"),
+        ({"data.test-fraction": 0}, "config key 'data.test-fraction' = 0 must lie in (0, 1]"),
+        ({"seed": -1}, "config key 'seed' = -1 must not be negative"),
+        ({"train.rounds": 2.0}, "config key 'train.rounds' = 2.0 must be an integer"),
+        ({"model.name": "vit"}, "config key 'model.name' = 'vit' is not allowed; use one of cnn, resnet18"),
+        ({"lora.rankz": 4}, "unknown config key 'lora.rankz'; every key, its default and range is in docs/config.md"),
+    ],
+)
+def test_messages_are_exact(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        resolve(overrides)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("key", [key for key, (info, _) in schema_fields().items() if bounds(info)])
+def test_every_declared_range_is_enforced(key):
+    found = bounds(schema_fields()[key][0])
+    outside = found["gt"] if "gt" in found else found["ge"] - 1
+    if isinstance(schema()[key], float):
+        outside = float(outside)
+    with pytest.raises(ConfigError) as info:
+        resolve({key: outside})
+    assert str(info.value).startswith(f"config key '{key}' = {outside!r} must ") and "\n" not in str(info.value)
 
 
 def test_fgl_turns_adapters_and_client_synthetic_finetuning_off():
     cfg = resolve({"algorithm": "fgl"})
     assert not cfg.lora.enabled and not cfg.warmfed.client_syn_finetune
     assert cfg.warmfed.server_finetune
+
+
+def test_fgl_differs_from_warmfed_only_by_its_declared_differences():
+    fgl, warmfed = resolve({"algorithm": "fgl"}).to_flat(), resolve({"algorithm": "warmfed"}).to_flat()
+    assert {k for k in fgl if fgl[k] != warmfed[k]} == {"algorithm", *FGL_DIFFERENCES}
+    assert all(fgl[k] == v for k, v in FGL_DIFFERENCES.items())
+
+
+def test_key_is_used_follows_the_algorithm_and_personalization():
+    warmfed = resolve({"algorithm": "warmfed"})
+    unused = {key for key in schema() if not key_is_used(warmfed, key)}
+    assert unused == {"train.proximal-mu", "train.centralized-epochs"} | {
+        key for key in schema() if key.startswith("personalization.") and key != "personalization.method"}
+    fedavg = resolve({"algorithm": "fedavg", "personalization.method": "dsd"})
+    assert not key_is_used(fedavg, "lora.rank") and not key_is_used(fedavg, "warmfed.warm-epochs")
+    assert key_is_used(fedavg, "personalization.dsd-lambda") and key_is_used(fedavg, "train.lr")
+    assert key_is_used(resolve({"algorithm": "fgl"}), "synthesis.steps")
+    assert key_is_used(resolve({"algorithm": "fedprox"}), "train.proximal-mu")
+    assert key_is_used(resolve({"algorithm": "centralized"}), "train.centralized-epochs")
+    with pytest.raises(ConfigError, match="train.nope"):
+        key_is_used(warmfed, "train.nope")
 
 
 def test_synthetic_finetuning_overrides_reach_the_config():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.flower_harness import Processes, flwr_run, read_metrics, start_superlink, start_supernode
+from benchmarks.harness import Processes, flwr_run, read_metrics, start_superlink, start_supernode
 
 
 @pytest.fixture

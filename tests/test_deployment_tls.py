@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.flower_harness import BIN, ROOT, Processes, flwr_run, read_metrics, start_superlink, start_supernode
+from benchmarks.harness import BIN, ROOT, Processes, flwr_run, read_metrics, start_superlink, start_supernode
 
 
 def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.flower_harness import Processes, flwr_run, read_metrics, start_superlink
+from benchmarks.harness import Processes, flwr_run, read_metrics, start_superlink
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from warmfed_flwr.config import GeneratorConfig, LoraConfig
-from warmfed_flwr.errors import GeneratorError, PayloadError
+from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative import foundation, lora, pipeline
 from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation, foundation_key
 from warmfed_flwr.generative.foundation_training import pretrain_foundation
@@ -25,7 +25,6 @@ from warmfed_flwr.generative.lora import (
     export_adapter,
     finetune_lora,
     use_adapter,
-    validate_adapter,
 )
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
@@ -226,41 +225,11 @@ def test_use_adapter_rejects_foreign_tensors(pipe, embeddings: torch.Tensor) -> 
 
 def test_adapter_schema_matches_finetune(pipe) -> None:
     schema = adapter_schema(pipe, SMALL_LORA)
-    state = finetune_lora(pipe, shapes_dataset(per_class=3), NAMES, TEMPLATE, dataclasses.replace(SMALL_LORA, steps=1),
-                          seed=1)
+    one_step = SMALL_LORA.model_copy(update={"steps": 1})
+    state = finetune_lora(pipe, shapes_dataset(per_class=3), NAMES, TEMPLATE, one_step, seed=1)
     assert list(schema) == list(state)
     assert all(schema[key] == (tuple(value.shape), "float32") for key, value in state.items())
     assert not any(pipe.get_list_adapters().values())
-
-
-def _mutations(schema: dict) -> dict:
-    first, (shape, _dtype) = next(iter(schema.items()))
-    return {
-        "missing": lambda s: s.pop(first),
-        "unexpected": lambda s: s.update({"unet.extra.lora_A.weight": torch.zeros(1)}),
-        "shape": lambda s: s.update({first: torch.zeros(*shape, 2)}),
-        "dtype": lambda s: s.update({first: torch.zeros(shape, dtype=torch.float16)}),
-        "NaN": lambda s: s[first].view(-1).__setitem__(0, float("nan")),
-    }
-
-
-@pytest.mark.parametrize("problem", ["missing", "unexpected", "shape", "dtype", "NaN", "size"])
-def test_validate_adapter_refuses(pipe, problem: str) -> None:
-    schema = adapter_schema(pipe, SMALL_LORA)
-    state = {key: torch.zeros(shape) for key, (shape, _dtype) in schema.items()}
-    total = sum(t.numel() * 4 for t in state.values())
-    validate_adapter(state, schema, total, "site-7")
-    limit = total
-    if problem == "size":
-        limit = total - 1
-    else:
-        _mutations(schema)[problem](state)
-    with pytest.raises(PayloadError, match="site-7") as info:
-        validate_adapter(state, schema, limit, "site-7")
-    assert "\n" not in str(info.value)
-    words = {"missing": "lacks key", "unexpected": "unexpected key", "shape": "shape", "dtype": "dtype",
-             "NaN": "NaN", "size": "MiB"}
-    assert words[problem] in str(info.value)
 
 
 def test_cached_synthesis_reuses_file(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from warmfed_flwr.config import resolve
 from warmfed_flwr.generative.pipeline import load_pipeline
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import synthesis_key, synthesize
-from warmfed_flwr.warmstart import WarmStartServer
+from warmfed_flwr.warmstart import SyntheticWarmStart
 
 CPU = torch.device("cpu")
 CLASSES = ["zero", "one", "two"]
@@ -33,9 +33,9 @@ def test_negative_prompt_changes_images_and_default_is_the_empty_prompt(tiny_pip
 def test_server_synthesis_uses_negative_prompt_and_keys_it(tiny_pipeline_dir, tmp_path):
     flat = {"generator.base": str(tiny_pipeline_dir), "synthesis.images-per-class": 1, "synthesis.steps": 2,
             "synthesis.batch-size": 3, "device": "cpu", "cache-dir": str(tmp_path / "cache")}
-    plain = WarmStartServer(resolve(flat), CLASSES, CPU, tmp_path / "cache", tmp_path / "run")
-    negative = WarmStartServer(resolve({**flat, "synthesis.negative-prompt": NEGATIVE}), CLASSES, CPU,
-                               tmp_path / "cache", tmp_path / "run")
+    plain = SyntheticWarmStart(resolve(flat), CLASSES, CPU, tmp_path / "cache", tmp_path / "run")
+    negative = SyntheticWarmStart(resolve({**flat, "synthesis.negative-prompt": NEGATIVE}), CLASSES, CPU,
+                                  tmp_path / "cache", tmp_path / "run")
     embeddings = prompt_embeddings(plain.generator(), class_prompts("a photo of a {label}", CLASSES))
     upload = {protocol.EMBEDDINGS: embeddings.numpy()}
     plain_images = plain.synthesize_client("a", upload, seed=0)[0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
@@ -20,7 +18,7 @@ CPU = torch.device("cpu")
 def test_imagenet_normalisation_is_the_models_first_layer(name):
     plain_cfg = ModelConfig(name=name, small_stem=False)
     plain = seeded_model(plain_cfg, 5, seed=0).eval()
-    normed = seeded_model(dataclasses.replace(plain_cfg, normalize="imagenet"), 5, seed=0).eval()
+    normed = seeded_model(plain_cfg.model_copy(update={"normalize": "imagenet"}), 5, seed=0).eval()
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from warmfed_flwr import warmstart
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.warmstart import WarmStartServer, client_upload
+from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload
 
 CLASSES = ["zero", "one", "two"]
 CLIENTS = ["a", "b", "c"]
@@ -40,11 +40,11 @@ def uploads(tiny_pipeline_dir, tmp_path_factory):
 
 def test_two_cpu_pipelines_make_exactly_the_sequential_images_in_parallel(tiny_pipeline_dir, tmp_path, uploads,
                                                                           monkeypatch):
-    sequential = WarmStartServer(config(tiny_pipeline_dir, tmp_path / "c1"), CLASSES, torch.device("cpu"),
-                                 tmp_path / "c1", tmp_path / "r1").build_synthetic(uploads)
+    sequential = SyntheticWarmStart(config(tiny_pipeline_dir, tmp_path / "c1"), CLASSES, torch.device("cpu"),
+                                    tmp_path / "c1", tmp_path / "r1").build_synthetic(uploads)
 
     cfg = config(tiny_pipeline_dir, tmp_path / "c2", **{"synthesis.devices": "cpu, cpu"})
-    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "c2", tmp_path / "r2")
+    warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "c2", tmp_path / "r2")
     calls: list[tuple[int, str]] = []
     busy: dict[int, int] = {}
     first_two = threading.Barrier(2, timeout=60)  # broken (an error) unless two syntheses run at the same time
@@ -66,23 +66,24 @@ def test_two_cpu_pipelines_make_exactly_the_sequential_images_in_parallel(tiny_p
                 busy[id(pipe)] -= 1
 
     monkeypatch.setattr(warmstart, "synthesize_batches", recording)
-    parallel = server.build_synthetic(uploads)
+    parallel = warm_start.build_synthetic(uploads)
 
     assert len(calls) == len(CLIENTS)
     assert len({pipe for pipe, _ in calls}) == 2 and len({thread for _, thread in calls}) == 2
     assert np.array_equal(parallel.images, sequential.images) and torch.equal(parallel.labels, sequential.labels)
     assert parallel.sources == sequential.sources
 
-    pipes = [weakref.ref(server.generator()), *(weakref.ref(p) for p in server.extra_pipes)]
+    pipes = [weakref.ref(warm_start.generator()), *(weakref.ref(p) for p in warm_start.extra_pipes)]
     assert len(pipes) == 2 and all(ref() is not None for ref in pipes)
-    server.release_generator()
+    warm_start.release_generator()
     assert all(ref() is None for ref in pipes), "release_generator must free every pipeline"
 
 
 def test_the_default_keeps_one_pipeline_on_the_run_device(tiny_pipeline_dir, tmp_path):
-    server = WarmStartServer(config(tiny_pipeline_dir, tmp_path), CLASSES, torch.device("cpu"), tmp_path,
-                             tmp_path / "run")
-    assert server.synthesis_devices == [torch.device("cpu")] and server.generator().device == torch.device("cpu")
+    warm_start = SyntheticWarmStart(config(tiny_pipeline_dir, tmp_path), CLASSES, torch.device("cpu"), tmp_path,
+                                    tmp_path / "run")
+    assert warm_start.synthesis_devices == [torch.device("cpu")]
+    assert warm_start.generator().device == torch.device("cpu")
     assert resolve({"synthesis.devices": " cuda:0 ,cuda:1,cpu"}).synthesis.device_list() == ["cuda:0", "cuda:1", "cpu"]
 
 

@@ -12,9 +12,7 @@ import pytest
 import torch
 from flwr.common import parameters_to_ndarrays
 
-from strategies.baselines import FedAvgStrategy
-from strategies.checkpointing import with_checkpoints
-from tests.flower_harness import (
+from benchmarks.harness import (
     Processes,
     descendant_groups,
     end_groups,
@@ -23,12 +21,14 @@ from tests.flower_harness import (
     read_metrics,
     start_superlink,
 )
+from strategies.baselines import FedAvgStrategy
+from strategies.checkpointing import with_checkpoints
 from warmfed_flwr.checkpoint import Checkpoint, CheckpointStore, RandomState, checkpoint_dir, read_checkpoint
 from warmfed_flwr.config import resolve
 from warmfed_flwr.errors import CheckpointError, ConfigError
 from warmfed_flwr.generative.synthesis import cached_synthesis
 from warmfed_flwr.results import RunRecorder
-from warmfed_flwr.warmstart import WarmStartServer
+from warmfed_flwr.warmstart import SyntheticWarmStart
 
 DOMAINS = ["mnist", "digits", "fonts", "mnistm"]
 
@@ -154,14 +154,14 @@ def test_warm_start_state_reloads_from_the_cache_or_names_the_missing_entry(tiny
     for key in ("a" * 64, "b" * 64):
         cached_synthesis(cache, key, lambda: [(images, labels)])
     state = {"synthesis": [["mnist", "a" * 64], ["fonts", "b" * 64]], "subset_index": [0, 7]}
-    server = WarmStartServer(cfg, ["zero", "one", "two"], torch.device("cpu"), tmp_path, tmp_path / "run")
-    server.restore_checkpoint_state(state)
-    assert server.synthetic.sources == ["mnist"] * 6 + ["fonts"] * 6
-    assert server.subset.tensors[1].tolist() == [0, 1]
-    assert server.checkpoint_state() == state
+    warm_start = SyntheticWarmStart(cfg, ["zero", "one", "two"], torch.device("cpu"), tmp_path, tmp_path / "run")
+    warm_start.restore_checkpoint_state(state)
+    assert warm_start.synthetic.sources == ["mnist"] * 6 + ["fonts"] * 6
+    assert warm_start.subset.tensors[1].tolist() == [0, 1]
+    assert warm_start.checkpoint_state() == state
     (cache / f"{'b' * 64}.npz").unlink()
     with pytest.raises(CheckpointError, match=f"synthetic set of client fonts is gone from the cache \\({cache}"):
-        server.restore_checkpoint_state(state)
+        warm_start.restore_checkpoint_state(state)
 
 
 def wait_for_checkpoint(directory: Path, server_round: int, run: subprocess.Popen, log: Path, timeout: float) -> None:

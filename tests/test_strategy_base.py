@@ -31,7 +31,8 @@ def strategy(tmp_path, cls=FedAvgStrategy, **overrides):
     cfg = resolve({"algorithm": "fedavg", "train.min-fit-clients": 1, "train.max-client-examples": 1000,
                    **overrides})
     recorder = RunRecorder(tmp_path / "run", cfg.to_flat())
-    extra = {"server": SimpleNamespace(finetune=lambda w, _round, _clients=None: w)} if cls is WarmFedStrategy else {}
+    no_finetune = SimpleNamespace(finetune=lambda w, _round, _clients=None: w)
+    extra = {"warm_start": no_finetune} if cls is WarmFedStrategy else {}
     strat = cls(cfg=cfg, recorder=recorder, num_rounds=3, **extra)
     strat.global_schema = payload.weights_schema(GLOBAL)
     strat.sampled = ["node-good", "node-bad"]

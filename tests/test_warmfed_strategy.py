@@ -16,13 +16,14 @@ from warmfed_flwr import payload, protocol, warmstart
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import ClientSplit, ImageArrayDataset
 from warmfed_flwr.data.partition import MIXED_DOMAIN
-from warmfed_flwr.errors import RunStoppedError
+from warmfed_flwr.errors import PayloadError, RunStoppedError
+from warmfed_flwr.generative.lora import adapter_schema
 from warmfed_flwr.generative.synthesis import quantize
 from warmfed_flwr.models import SmallCNN, seeded_model
 from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX, RunRecorder, summarize
 from warmfed_flwr.training import get_weights, predict_logits, set_weights
 from warmfed_flwr.warmstart import (
-    WarmStartServer,
+    SyntheticWarmStart,
     balanced_subset,
     client_upload,
     globalize_client,
@@ -62,18 +63,18 @@ def uploads(tiny_pipeline_dir, tmp_path_factory):
 
 def strategy(cfg, tmp_path, domains=(), **kwargs):
     recorder = RunRecorder(tmp_path / "run", cfg.to_flat())
-    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", recorder.directory)
-    return WarmFedStrategy(cfg=cfg, recorder=recorder, num_rounds=3, server=server, domains=domains,
+    warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", recorder.directory)
+    return WarmFedStrategy(cfg=cfg, recorder=recorder, num_rounds=3, warm_start=warm_start, domains=domains,
                            **kwargs), recorder
 
 
 def test_warm_start_model_starts_from_the_seed_whatever_drew_before(tiny_pipeline_dir, tmp_path):
     cfg = config(tiny_pipeline_dir, tmp_path)
     torch.manual_seed(0)
-    first = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    first = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
     torch.manual_seed(0)
     torch.rand(1000)  # as building the foundation in the same process does
-    second = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    second = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
     for a, b in zip(get_weights(first.model), get_weights(second.model), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -109,6 +110,17 @@ CASES = {"missing-key": "lacks", "extra-key": "unexpected", "wrong-shape": "shap
          "oversize": "over the limit"}
 
 
+def test_adapter_of_another_lora_rank_fails_the_round_zero_check(tiny_pipeline_dir, tmp_path):
+    strat, _ = strategy(config(tiny_pipeline_dir, tmp_path, **{"lora.rank": 4}), tmp_path)
+    expected = {name: np.zeros(shape, np.float32) for name, (shape, _dtype) in strat.round_zero_schema().items()}
+    assert strat.check_upload(1, "b", fit_res(expected, "b")[1]).keys() == expected.keys()
+    lower_rank = adapter_schema(strat.warm_start.generator(), strat.cfg.lora.model_copy(update={"rank": 2}))
+    upload = {protocol.EMBEDDINGS: expected[protocol.EMBEDDINGS],
+              **{protocol.ADAPTER_PREFIX + key: np.zeros(shape, np.float32) for key, (shape, _) in lower_rank.items()}}
+    with pytest.raises(PayloadError, match="upload from b: .* has shape"):
+        strat.check_upload(1, "b", fit_res(upload, "b")[1])
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_malformed_upload_is_refused_and_the_round_goes_on(uploads, tiny_pipeline_dir, tmp_path, case):
     strat, recorder = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)
@@ -136,10 +148,10 @@ def test_round_zero_builds_synthetic_set_grids_and_one_shot_model(uploads, tiny_
     strat._fit_started = 0.0
     parameters, _ = strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(uploads["b"], "b")], [])
     weights = parameters_to_ndarrays(parameters)
-    assert len(weights) == len(strat.server.model.state_dict())
-    assert strat.server.synthetic.sources.count("a") == strat.server.synthetic.sources.count("b") == 12
+    assert len(weights) == len(strat.warm_start.model.state_dict())
+    assert strat.warm_start.synthetic.sources.count("a") == strat.warm_start.synthetic.sources.count("b") == 12
     assert (recorder.directory / "synthetic_a.png").exists() and (recorder.directory / "synthetic_b.png").exists()
-    counts = torch.bincount(strat.server.subset.tensors[1])
+    counts = torch.bincount(strat.warm_start.subset.tensors[1])
     assert counts.tolist() == [4, 4, 4]
     assert {"synthesis", "warm_start_training", "client_lora"} <= set(recorder.stage_seconds)
 
@@ -149,13 +161,14 @@ def test_lora_switch_off_sends_prompts_only(tiny_pipeline_dir, tmp_path):
     named, timings = client_upload(cfg, split("a", 0), CLASSES, torch.device("cpu"), tmp_path)
     assert set(named) == {protocol.EMBEDDINGS} and "lora_seconds" not in timings
     strat, _ = strategy(cfg, tmp_path)
-    assert set(strat.server.upload_schema()) == {protocol.EMBEDDINGS}
+    assert set(strat.warm_start.upload_schema()) == {protocol.EMBEDDINGS}
 
 
 def test_adapters_change_the_synthetic_images(uploads, tiny_pipeline_dir, tmp_path):
-    server = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)[0].server
-    with_adapter = server.synthesize_client("a", uploads["a"], seed=0)[0]
-    prompts_only = server.synthesize_client("a0", {protocol.EMBEDDINGS: uploads["a"][protocol.EMBEDDINGS]}, seed=0)[0]
+    warm_start = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)[0].warm_start
+    with_adapter = warm_start.synthesize_client("a", uploads["a"], seed=0)[0]
+    prompts = {protocol.EMBEDDINGS: uploads["a"][protocol.EMBEDDINGS]}
+    prompts_only = warm_start.synthesize_client("a0", prompts, seed=0)[0]
     assert not np.array_equal(with_adapter, prompts_only)
 
 
@@ -163,7 +176,7 @@ def test_clients_with_identical_prompts_get_distinct_images(uploads, tiny_pipeli
     cfg = config(tiny_pipeline_dir, tmp_path, **{"lora.enabled": False})
     strat, _ = strategy(cfg, tmp_path)
     prompts = {protocol.EMBEDDINGS: uploads["a"][protocol.EMBEDDINGS]}
-    synthetic = strat.server.build_synthetic([("a", prompts), ("b", prompts)])
+    synthetic = strat.warm_start.build_synthetic([("a", prompts), ("b", prompts)])
     half = len(synthetic.labels) // 2
     assert not np.array_equal(synthetic.images[:half], synthetic.images[half:])
 
@@ -199,7 +212,7 @@ def test_server_finetune_switch(uploads, tiny_pipeline_dir, tmp_path, server_ft)
     strat._fit_started = 0.0
     parameters, _ = strat.aggregate_fit(1, [fit_res(uploads["a"], "a")], [])
     weights = parameters_to_ndarrays(parameters)
-    tuned = strat.server.finetune([w.copy() for w in weights], 1)
+    tuned = strat.warm_start.finetune([w.copy() for w in weights], 1)
     changed = any(not np.array_equal(a, b) for a, b in zip(weights, tuned, strict=True))
     assert changed == server_ft
 
@@ -227,7 +240,7 @@ def test_missing_or_refused_clients_leave_their_domain_out(uploads, tiny_pipelin
     bad = fit_res(_corrupt(uploads["b"], "nan"), "b")
     parameters, _ = strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), bad], [RuntimeError("client c raised")])
     assert parameters is not None
-    assert strat.server.synthetic.sources == ["a"] * 12
+    assert strat.warm_start.synthetic.sources == ["a"] * 12
     left_out = {e["domain"]: e["reason"] for e in recorder.events if e["kind"] == "domain_left_out"}
     assert set(left_out) == {"b", "c"}
     assert left_out["b"].startswith("upload refused") and "NaN" in left_out["b"]
@@ -274,13 +287,13 @@ def _synthetic_subset(n: int = 12, seed: int = 7) -> ImageArrayDataset:
 @pytest.mark.parametrize("bn_stats", ["frozen", "update"])
 def test_server_finetune_keeps_or_moves_batchnorm_statistics(tiny_pipeline_dir, tmp_path, bn_stats):
     cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.syn-bn-stats": bn_stats})
-    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
-    server.subset = _synthetic_subset()
-    bn = _bn_buffer_index(server.model)
-    weights = [w.copy() for w in get_weights(server.model)]  # on the CPU get_weights aliases the model's tensors
+    warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    warm_start.subset = _synthetic_subset()
+    bn = _bn_buffer_index(warm_start.model)
+    weights = [w.copy() for w in get_weights(warm_start.model)]  # on the CPU get_weights aliases the model's tensors
     for i in bn:  # statistics "from real data": not the defaults a fresh model carries
         weights[i] = weights[i] + 0.5 if weights[i].dtype.kind == "f" else weights[i] + 3
-    tuned = server.finetune([w.copy() for w in weights], 1)
+    tuned = warm_start.finetune([w.copy() for w in weights], 1)
     assert len(bn) == 6
     same = [np.array_equal(weights[i], tuned[i]) for i in bn]
     assert all(same) if bn_stats == "frozen" else not any(same)
@@ -301,11 +314,11 @@ def _record_train_epochs(monkeypatch) -> list[dict]:
 
 def test_server_finetune_scales_the_learning_rate(tiny_pipeline_dir, tmp_path, monkeypatch):
     cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.syn-lr-scale": 0.25, "train.lr": 0.08})
-    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
-    server.subset = _synthetic_subset()
+    warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    warm_start.subset = _synthetic_subset()
     calls = _record_train_epochs(monkeypatch)
-    server.finetune(get_weights(server.model), 1)
-    assert len(calls) == 1 and calls[0]["dataset"] is server.subset
+    warm_start.finetune(get_weights(warm_start.model), 1)
+    assert len(calls) == 1 and calls[0]["dataset"] is warm_start.subset
     assert calls[0]["lr"] == pytest.approx(0.02) and calls[0]["freeze_bn_stats"] is False
 
 
@@ -481,11 +494,11 @@ def _uint8(dataset: TensorDataset) -> tuple[np.ndarray, torch.Tensor]:
 
 def test_synthetic_quality_judges_each_client_by_its_own_images(tiny_pipeline_dir, tmp_path):
     cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.warm-epochs": 8, "train.batch-size": 8})
-    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
     good, wrong = _separable(24, 0), _separable(24, 1, shift=1)
-    server._keep([("good", *_uint8(good)), ("wrong", *_uint8(wrong)), ("untested", *_uint8(good))])
+    warm_start._keep([("good", *_uint8(good)), ("wrong", *_uint8(wrong)), ("untested", *_uint8(good))])
     test = _separable(12, 2)
-    quality = server.synthetic_quality({"good": test, "wrong": test, "absent": test})
+    quality = warm_start.synthetic_quality({"good": test, "wrong": test, "absent": test})
     assert set(quality) == {"good", "wrong"}
     assert quality["good"] >= 0.9 and quality["wrong"] <= 0.1
 
@@ -521,7 +534,7 @@ def test_default_domain_phrase(domain, domain_prompts, expected):
     ("", True, "svhn"), ("street numbers", True, "street numbers"), ("street numbers", False, "street numbers"),
     ("", False, ""),
 ])
-def test_warmup_sends_the_node_phrase_else_the_domain(monkeypatch, node_phrase, domain_prompts, expected):
+def test_round0_upload_sends_the_node_phrase_else_the_domain(monkeypatch, node_phrase, domain_prompts, expected):
     seen = []
 
     def fake_upload(cfg, split_, class_names, device, cache_dir, phrase):
@@ -531,32 +544,32 @@ def test_warmup_sends_the_node_phrase_else_the_domain(monkeypatch, node_phrase, 
     monkeypatch.setattr(client_module, "client_upload", fake_upload)
     client = _client("svhn", domain_prompts, node_phrase)
     client.class_names, client.device, client.cache_dir, client.partition_id = CLASSES, None, None, 0
-    client.warmup()
+    client.round0_upload()
     assert seen == [expected]
 
 
 def test_server_ensemble_distillation_moves_towards_the_clients_mean_logits(tiny_pipeline_dir, tmp_path):
     cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.server-ft-target": "ensemble", "warmfed.server-ft-epochs": 5})
-    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
-    server.subset = _synthetic_subset()
-    start = [w.copy() for w in get_weights(server.model)]
-    teacher_model = copy.deepcopy(server.model)
+    warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    warm_start.subset = _synthetic_subset()
+    start = [w.copy() for w in get_weights(warm_start.model)]
+    teacher_model = copy.deepcopy(warm_start.model)
     torch.nn.init.zeros_(teacher_model.classifier[-1].weight)
     with torch.no_grad():
         teacher_model.classifier[-1].bias.copy_(torch.tensor([4.0, 0.0, 0.0]))  # a teacher that always says class 0
     teacher = [w.copy() for w in get_weights(teacher_model)]
-    tuned = server.finetune([w.copy() for w in start], 1, [teacher, teacher])
-    set_weights(server.model, tuned)
-    predictions = predict_logits(server.model, server.subset, torch.device("cpu")).argmax(1)
+    tuned = warm_start.finetune([w.copy() for w in start], 1, [teacher, teacher])
+    set_weights(warm_start.model, tuned)
+    predictions = predict_logits(warm_start.model, warm_start.subset, torch.device("cpu")).argmax(1)
     assert (predictions == 0).float().mean() > 0.9  # the subset's labels are 0, 1, 2 in turn: labels were not learnt
 
 
 def test_server_ensemble_distillation_refuses_to_run_without_client_weights(tiny_pipeline_dir, tmp_path):
     cfg = config(tiny_pipeline_dir, tmp_path, **{"warmfed.server-ft-target": "ensemble"})
-    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
-    server.subset = _synthetic_subset()
+    warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    warm_start.subset = _synthetic_subset()
     with pytest.raises(ValueError, match="server-ft-target = ensemble"):
-        server.finetune(get_weights(server.model), 1)
+        warm_start.finetune(get_weights(warm_start.model), 1)
 
 
 @pytest.mark.parametrize("cross_attention_dim", [768, 1024])
@@ -566,12 +579,12 @@ def test_server_synthesizes_at_the_classifier_size_not_the_generator_size(tmp_pa
 
     build_sd_shaped_pipeline(cross_attention_dim=cross_attention_dim).save_pretrained(tmp_path / "sd")
     cfg = config(tmp_path / "sd", tmp_path, **{"data.image-size": 32, "lora.enabled": False})
-    server = WarmStartServer(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
-    assert server.pipe.unet.config.sample_size * server.pipe.vae_scale_factor == 64
-    embeddings = warmstart.prompt_embeddings(server.pipe, warmstart.class_prompts(cfg.generator.prompt_template,
+    warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
+    assert warm_start.pipe.unet.config.sample_size * warm_start.pipe.vae_scale_factor == 64
+    embeddings = warmstart.prompt_embeddings(warm_start.pipe, warmstart.class_prompts(cfg.generator.prompt_template,
                                                                                   CLASSES)).numpy()
     assert embeddings.shape[1:] == (77, cross_attention_dim)
-    images, labels = server.synthesize_client("a", {protocol.EMBEDDINGS: embeddings}, seed=0)
+    images, labels = warm_start.synthesize_client("a", {protocol.EMBEDDINGS: embeddings}, seed=0)
     assert images.shape == (len(labels), 32, 32, 3) and images.dtype == np.uint8
 
 
@@ -590,7 +603,7 @@ def test_fp16_uploads_are_accepted_and_decoded_to_fp32(uploads, tiny_pipeline_di
     parameters, _ = strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(half, "b")], [])
     assert parameters is not None
     assert not [e for e in recorder.events if e["kind"] == "upload_refused"]
-    key = strat.server.synthesis_keys["b"]
+    key = strat.warm_start.synthesis_keys["b"]
     assert key == warmstart.synthesis_key(
         torch.from_numpy(half[protocol.EMBEDDINGS].astype(np.float32)),
         *(torch.from_numpy(v.astype(np.float32)) for v in payload.split_prefix(half, protocol.ADAPTER_PREFIX).values()),
@@ -612,6 +625,6 @@ def test_server_releases_its_generator_after_round_zero(uploads, tiny_pipeline_d
     strat, _ = strategy(config(tiny_pipeline_dir, tmp_path), tmp_path)
     strat._fit_started = 0.0
     strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(uploads["b"], "b")], [])
-    assert strat.server.pipe is None
+    assert strat.warm_start.pipe is None
     with pytest.raises(warmstart.GeneratorError, match="released its generator"):
-        strat.server.upload_schema()
+        strat.warm_start.upload_schema()

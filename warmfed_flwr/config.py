@@ -1,250 +1,63 @@
-"""Experiment configuration: YAML under conf/, Flower run-config overrides, typed validation."""
+"""Experiment configuration: YAML under conf/ and Flower run-config overrides, validated against the schema.
+
+Every key, its default, range and meaning lives in ``warmfed_flwr/config_schema.py`` (rendered to docs/config.md);
+this module resolves an experiment into an ``ExperimentConfig`` and reports a bad key in one line.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
+from warmfed_flwr.config_schema import (
+    Algorithm,
+    DataConfig,
+    ExperimentConfig,
+    FaultConfig,
+    GeneratorConfig,
+    LoraConfig,
+    ModelConfig,
+    Personalization,
+    PersonalizationConfig,
+    Section,
+    SynthesisConfig,
+    TrainConfig,
+    WarmFedConfig,
+    flatten,
+    kebab,
+)
 from warmfed_flwr.errors import ConfigError
 
+__all__ = [
+    "CONF_DIR", "FGL_DIFFERENCES", "KEYS_DOC", "UNSET", "Algorithm", "ConfigError", "DataConfig", "ExperimentConfig",
+    "FaultConfig", "GeneratorConfig", "LoraConfig", "ModelConfig", "Personalization", "PersonalizationConfig",
+    "SynthesisConfig", "TrainConfig", "WarmFedConfig", "bounds", "build", "interval", "key_is_used", "load_yaml",
+    "resolve", "schema", "schema_fields", "usage_conditions",
+]
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+KEYS_DOC = "docs/config.md"
+"""Where every key, its default, range and meaning is listed (written by ``python -m warmfed_flwr.config_keys``)."""
 UNSET = ""
 """The pyproject default of every override key: "take the experiment YAML's value"."""
 
-Algorithm = Literal["fedavg", "fedprox", "local", "centralized", "fgl", "warmfed"]
-Personalization = Literal["none", "dsd", "pfedsd", "ditto", "fedbn"]
-Fault = Literal["none", "raise", "hang", "exit", "nan", "wrong-shape", "extra-key", "oversize", "absurd-examples"]
+FGL_DIFFERENCES: dict[str, Any] = {"lora.enabled": False, "warmfed.client-syn-finetune": False}
+"""Everything that makes FGL differ from WarmFed in this harness, besides its name: prompt embeddings without
+client adapters, and no client fine-tuning on the synthetic subset. ``resolve`` applies it when algorithm = fgl."""
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where client data comes from and how it is split."""
-
-    source: Literal["digits", "imagefolder", "hub", "camelyon17", "domainnet"] = "digits"
-    path: str = ""
-    hub_id: str = ""
-    hub_config: str = ""
-    hub_image_column: str = "image"
-    hub_label_column: str = "label"
-    hub_domain_column: str = ""
-    domains: str = "mnist,digits,fonts,mnistm"
-    partition: Literal["domain", "dirichlet"] = "domain"
-    num_clients: int = 4
-    dirichlet_alpha: float = 0.5
-    test_fraction: float = 0.2
-    image_size: int = 32
-    max_per_domain: int = 0
-    on_corrupt: Literal["error", "skip"] = "error"
-    classes: str = ""
-
-    def domain_list(self) -> list[str]:
-        """The configured domain names, in order."""
-        return [d.strip() for d in self.domains.split(",") if d.strip()]
-
-    def class_list(self) -> list[str]:
-        """The configured class folder names (empty: every class)."""
-        return [c.strip() for c in self.classes.split(",") if c.strip()]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The classifier trained by every algorithm."""
-
-    name: Literal["cnn", "resnet18"] = "cnn"
-    small_stem: bool = True
-    pretrained_path: str = ""
-    normalize: Literal["none", "imagenet"] = "none"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Classifier optimisation, federation sampling and client-side training."""
-
-    rounds: int = 5
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    fraction_fit: float = 1.0
-    min_fit_clients: int = 2
-    proximal_mu: float = 0.01
-    centralized_epochs: int = 5
-    round_timeout: float = 3600.0
-    max_client_examples: int = 1_000_000
-    augment: Literal["none", "flip-crop"] = "none"
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    """The text-to-image generator: 'tiny' (the embedded foundation), a hub id or a local path."""
-
-    base: str = "tiny"
-    prompt_template: str = "a photo of a {label}"
-    domain_prompts: bool = True
-    foundation_steps: int = 8000
-    foundation_source: str = "digits"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """Client-side LoRA fine-tuning of the generator's UNet."""
-
-    enabled: bool = True
-    rank: int = 8
-    alpha: float = 8.0
-    targets: str = "to_q,to_k,to_v,to_out.0,conv1,conv2"
-    steps: int = 100
-    lr: float = 1e-3
-    batch_size: int = 32
-
-    def target_list(self) -> list[str]:
-        """The LoRA target module names."""
-        return [t.strip() for t in self.targets.split(",") if t.strip()]
-
-
-@dataclass(frozen=True)
-class SynthesisConfig:
-    """Server-side synthesis of the labelled synthetic set."""
-
-    images_per_class: int = 30
-    steps: int = 10
-    guidance: float = 3.0
-    negative_prompt: str = ""
-    batch_size: int = 64
-    subset_ratio: float = 0.2
-    max_upload_mb: float = 256.0
-    upload_dtype: Literal["float32", "float16"] = "float32"
-    quality_check: bool = True
-    devices: str = ""
-
-    def device_list(self) -> list[str]:
-        """The server's synthesis devices ('cpu', 'cuda' or 'cuda:N'); empty: the run's device."""
-        names = [part.strip() for part in self.devices.split(",") if part.strip()]
-        for name in names:
-            if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-                raise ConfigError(f"config key 'synthesis.devices' = {self.devices!r} lists {name!r}; use comma-"
-                                  "separated cpu, cuda or cuda:N (e.g. 'cuda:0,cuda:1'), or '' for the run's device")
-        return names
-
-
-@dataclass(frozen=True)
-class WarmFedConfig:
-    """Warm-start and globalization knobs (WARMFED.md steps 4-7)."""
-
-    warm_epochs: int = 10
-    client_syn_epochs: int = 1
-    server_ft_epochs: int = 1
-    client_syn_finetune: bool = True
-    server_finetune: bool = True
-    syn_bn_stats: Literal["frozen", "update"] = "update"
-    server_ft_target: Literal["labels", "ensemble"] = "labels"
-    syn_lr_scale: float = 0.1
-    client_syn_mode: Literal["before", "mixed"] = "before"
-
-
-@dataclass(frozen=True)
-class PersonalizationConfig:
-    """Client-side personalization (WARMFED.md steps 8-11)."""
-
-    method: Personalization = "none"
-    epochs: int = 1
-    dsd_lambda: float = 1.0
-    dsd_temperature: float = 3.0
-    tau_start: float = 1.0
-    tau_end: float = 0.1
-    selector_lr: float = 0.05
-    selector_steps: int = 100
-    selector_sees_label: bool = True
-    ditto_lambda: float = 0.1
-
-
-@dataclass(frozen=True)
-class FaultConfig:
-    """Test hook: inject one kind of fault into some clients in some rounds (tests, fault matrix)."""
-
-    kind: Fault = "none"
-    clients: str = ""
-    rounds: str = ""
-    hang_seconds: float = 120.0
-
-    def client_ids(self) -> list[int]:
-        """The partition ids that misbehave."""
-        return _int_list("faults.clients", self.clients)
-
-    def round_ids(self) -> list[int]:
-        """The algorithm rounds in which they misbehave (empty: every round)."""
-        return _int_list("faults.rounds", self.rounds)
-
-    def hits(self, partition_id: int, algo_round: int) -> bool:
-        """Whether client ``partition_id`` misbehaves in ``algo_round``."""
-        rounds = self.round_ids()
-        return self.kind != "none" and partition_id in self.client_ids() and (not rounds or algo_round in rounds)
-
-
-def _int_list(key: str, text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"config key '{key}' = {text!r} must be comma-separated integers, e.g. '0,2'") from None
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """A whole experiment, resolved from YAML plus run-config overrides."""
-
-    experiment: str = "warmfed"
-    algorithm: Algorithm = "warmfed"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    output_dir: str = "~/warmfed-runs"
-    run_name: str = ""
-    cache_dir: str = ""
-    resume: bool = False
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
-    warmfed: WarmFedConfig = field(default_factory=WarmFedConfig)
-    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
-    faults: FaultConfig = field(default_factory=FaultConfig)
-
-    def to_flat(self) -> dict[str, Any]:
-        """The config as flat kebab-case keys, the shape of Flower's run config."""
-        return _flatten(dataclasses.asdict(self))
-
-
-_POSITIVE = {
-    "data.num-clients", "data.image-size", "train.rounds", "train.batch-size",
-    "train.min-fit-clients", "lora.rank", "lora.steps", "lora.batch-size",
-    "synthesis.images-per-class", "synthesis.steps", "synthesis.batch-size",
-    "generator.foundation-steps", "personalization.selector-steps",
+_TYPE_PHRASES = {
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
 }
-_FRACTIONS = {"data.test-fraction", "train.fraction-fit", "synthesis.subset-ratio"}
-
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = prefix + _kebab(key)
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
 def schema() -> dict[str, Any]:
@@ -252,57 +65,95 @@ def schema() -> dict[str, Any]:
     return ExperimentConfig().to_flat()
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> Any:
-    """Coerce ``value`` to ``annotation`` or raise a ConfigError naming ``key``."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise ConfigError(
-                f"config key '{key}' = {value!r} is not allowed; use one of {', '.join(map(str, allowed))}"
-            )
-        return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' = {value!r} must be true or false")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' = {value!r} must be an integer")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}' = {value!r} must be a number")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key '{key}' = {value!r} must be a string")
-    raise ConfigError(f"config key '{key}' has an unsupported type {annotation}")
+def schema_fields() -> dict[str, tuple[FieldInfo, type[Section]]]:
+    """Every flat key, in declaration order, with its field and the section model that declares it."""
+    found: dict[str, tuple[FieldInfo, type[Section]]] = {}
+    for name, info in ExperimentConfig.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, Section):
+            for sub, sub_info in section.model_fields.items():
+                found[f"{kebab(name)}.{kebab(sub)}"] = (sub_info, section)
+        else:
+            found[kebab(name)] = (info, ExperimentConfig)
+    return found
 
 
-def _check_range(key: str, value: Any) -> None:
-    if key in _POSITIVE and value <= 0:
-        raise ConfigError(f"config key '{key}' = {value!r} must be a positive integer")
-    if key in _FRACTIONS and not 0.0 < value <= 1.0:
-        raise ConfigError(f"config key '{key}' = {value!r} must lie in (0, 1]")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-        raise ConfigError(f"config key '{key}' = {value!r} must not be negative")
+def usage_conditions(key: str) -> dict[str, list[str]]:
+    """The flat keys and values under which the run reads ``key`` (its field's ``used_when``, else its section's)."""
+    info, section = schema_fields()[key]
+    for extra in (info.json_schema_extra, section.model_config.get("json_schema_extra")):
+        if isinstance(extra, dict) and "used_when" in extra:
+            return dict(extra["used_when"])
+    return {}
 
 
-def _build(cls: type, flat: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        name = prefix + _kebab(f.name)
-        annotation = hints[f.name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[f.name] = _build(annotation, flat, name + ".")
-        elif name in flat:
-            value = _check_type(name, flat[name], annotation)
-            _check_range(name, value)
-            kwargs[f.name] = value
-    return cls(**kwargs)
+def bounds(info: FieldInfo) -> dict[str, float]:
+    """The field's declared range as {'gt' | 'ge' | 'lt' | 'le': bound}."""
+    found: dict[str, float] = {}
+    for constraint in info.metadata:
+        for name in ("gt", "ge", "lt", "le"):
+            if getattr(constraint, name, None) is not None:
+                found[name] = getattr(constraint, name)
+    return found
+
+
+def interval(found: dict[str, float]) -> str:
+    """A range in interval notation, e.g. '(0, 1]' or '[0, inf)'."""
+    low = f"({found['gt']:g}" if "gt" in found else f"[{found['ge']:g}" if "ge" in found else "(-inf"
+    high = f"{found['lt']:g})" if "lt" in found else f"{found['le']:g}]" if "le" in found else "inf)"
+    return f"{low}, {high}"
+
+
+def key_is_used(cfg: ExperimentConfig, key: str) -> bool:
+    """Whether ``cfg``'s algorithm and personalization actually read flat ``key`` (its schema's ``used_when``)."""
+    flat = cfg.to_flat()
+    if key not in flat:
+        raise ConfigError(_unknown(key))
+    return all(flat[on] in values for on, values in usage_conditions(key).items())
+
+
+def _unknown(key: str, where: str = "") -> str:
+    return f"unknown config key '{key}'{where}; every key, its default and range is in {KEYS_DOC}"
+
+
+def _range_phrase(info: FieldInfo) -> str:
+    found = bounds(info)
+    if found == {"ge": 0}:
+        return "must not be negative"
+    if found == {"gt": 0}:
+        return "must be a positive integer" if info.annotation is int else "must be positive"
+    return f"must lie in {interval(found)}"
+
+
+def _one_line(error: ErrorDetails) -> str:
+    """A pydantic validation error as the one-line message that names the flat key."""
+    key = ".".join(kebab(str(part)) for part in error["loc"])
+    value, kind = error["input"], error["type"]
+    fields = schema_fields()
+    if kind == "extra_forbidden" or key not in fields:
+        return _unknown(key)
+    info = fields[key][0]
+    if kind == "literal_error":
+        allowed = ", ".join(map(str, typing.get_args(info.annotation)))
+        return f"config key '{key}' = {value!r} is not allowed; use one of {allowed}"
+    if kind in _TYPE_PHRASES:
+        return f"config key '{key}' = {value!r} {_TYPE_PHRASES[kind]}"
+    if kind in _RANGE_ERRORS:
+        return f"config key '{key}' = {value!r} {_range_phrase(info)}"
+    return f"config key '{key}' = {value!r} is invalid: {error['msg']}".replace("\n", " ")
+
+
+def build(flat: dict[str, Any]) -> ExperimentConfig:
+    """Validate flat ``section.key`` values (absent keys take their defaults) into an ``ExperimentConfig``."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, _, name = key.rpartition(".")
+        target = tree.setdefault(section.replace("-", "_"), {}) if section else tree
+        target[name.replace("-", "_")] = value
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc.errors()[0])) from None
 
 
 def _cross_checks(cfg: ExperimentConfig) -> None:
@@ -362,7 +213,7 @@ def load_yaml(name_or_path: str) -> dict[str, Any]:
         raise ConfigError(f"experiment file {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"experiment file {path} must hold a mapping of config keys")
-    flat = _flatten(tree)
+    flat = flatten(tree)
     flat.setdefault("experiment", path.stem)
     return flat
 
@@ -370,25 +221,20 @@ def load_yaml(name_or_path: str) -> dict[str, Any]:
 def resolve(overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Resolve the experiment named by ``overrides['experiment']`` and apply the set overrides.
 
-    FGL is WarmFed's harness without client adapters or client synthetic fine-tuning: ``algorithm = fgl``
-    turns ``lora.enabled`` and ``warmfed.client-syn-finetune`` off.
+    ``algorithm = fgl`` then applies ``FGL_DIFFERENCES``.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v != UNSET}
-    known = schema()
+    known = schema_fields()
     for key in overrides:
         if key not in known:
-            raise ConfigError(f"unknown config key '{key}'; every key and its default is in conf/warmfed.yaml")
+            raise ConfigError(_unknown(key))
     flat = load_yaml(str(overrides.get("experiment", "warmfed")))
     for key in flat:
         if key not in known:
-            raise ConfigError(f"unknown config key '{key}' in experiment '{flat['experiment']}'")
+            raise ConfigError(_unknown(key, f" in experiment '{flat['experiment']}'"))
     flat.update(overrides)
-    cfg = _build(ExperimentConfig, flat)
+    cfg = build(flat)
     _cross_checks(cfg)
     if cfg.algorithm == "fgl":
-        cfg = dataclasses.replace(
-            cfg,
-            lora=dataclasses.replace(cfg.lora, enabled=False),
-            warmfed=dataclasses.replace(cfg.warmfed, client_syn_finetune=False),
-        )
+        cfg = build({**cfg.to_flat(), **FGL_DIFFERENCES})
     return cfg

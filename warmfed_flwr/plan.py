@@ -320,12 +320,10 @@ def _bytes_of(dtype: str) -> int:
 
 def _classifier_bytes(cfg: ExperimentConfig, classes: int) -> int:
     """Bytes of the classifier's weights as they travel (floats as float32, see training.get_weights)."""
-    from dataclasses import replace
-
     from warmfed_flwr.models import build_model
 
     with torch.device("meta"):
-        model = build_model(replace(cfg.model, pretrained_path=""), classes)
+        model = build_model(cfg.model.model_copy(update={"pretrained_path": ""}), classes)
     return sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values())
 
 

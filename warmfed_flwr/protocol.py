@@ -7,8 +7,9 @@ STAGE = "stage"
 """FitIns config key naming what the client should do."""
 STAGE_TRAIN = "train"
 """Plain federated training of the received weights (FedAvg, FedProx, FGL rounds, local-only)."""
-STAGE_WARMUP = "warmup"
-"""WarmFed/FGL round 0: upload the LoRA adapter (optional) and the class prompt embeddings."""
+STAGE_ROUND0_UPLOAD = "round0-upload"
+"""WarmFed/FGL round 0: upload the LoRA adapter (optional) and the class prompt embeddings; nothing persisted
+holds this value (it lives only in FitIns configs of one run)."""
 STAGE_GLOBALIZE = "globalize"
 """WarmFed round t>=1: fine-tune on the synthetic subset, then train on private data."""
 

@@ -18,6 +18,8 @@ from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir, show_logs_
 from warmfed_flwr.training import get_weights, resolve_device, seed_everything
 
 WARM_START = ("warmfed", "fgl")
+"""Algorithms run by WarmFedStrategy. FGL has no strategy of its own: it is WarmFed with the settings in
+config.FGL_DIFFERENCES, which resolve() applies for algorithm = fgl."""
 PLAIN = {"fedavg": FedAvgStrategy, "fedprox": FedProxStrategy, "local": LocalOnlyStrategy}
 
 
@@ -30,15 +32,13 @@ def build_strategy(cfg: ExperimentConfig, benchmark: Benchmark, recorder: RunRec
     initial = ndarrays_to_parameters(get_weights(seeded_model(cfg.model, len(benchmark.class_names), cfg.seed)))
     common = {"cfg": cfg, "recorder": recorder, "num_rounds": num_server_rounds(cfg), "initial_parameters": initial}
     if cfg.algorithm in WARM_START:
-        from strategies.fgl import FGLStrategy
         from strategies.warmfed import WarmFedStrategy
-        from warmfed_flwr.warmstart import WarmStartServer
+        from warmfed_flwr.warmstart import SyntheticWarmStart
 
-        server = WarmStartServer(cfg, benchmark.class_names, device, cache_dir(cfg), recorder.directory)
-        strategy_cls = WarmFedStrategy if cfg.algorithm == "warmfed" else FGLStrategy
+        warm_start = SyntheticWarmStart(cfg, benchmark.class_names, device, cache_dir(cfg), recorder.directory)
         tests = {client.name: client.test for client in benchmark.clients} if cfg.synthesis.quality_check else {}
-        return strategy_cls(**common, server=server, domains=[client.name for client in benchmark.clients],
-                            quality_tests=tests)
+        return WarmFedStrategy(**common, warm_start=warm_start, domains=[client.name for client in benchmark.clients],
+                               quality_tests=tests)
     if cfg.algorithm == "centralized":
         return CentralizedStrategy(**common, trainer=CentralizedTrainer(cfg, benchmark, device))
     return PLAIN[cfg.algorithm](**common)

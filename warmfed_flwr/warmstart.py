@@ -166,8 +166,10 @@ which patches ``torch.nn.Module.register_parameter`` process-wide, so concurrent
 (seen as all-black images from parallel synthesis without the lock)."""
 
 
-class WarmStartServer:
-    """Server-side WarmFed/FGL: one resident pipeline, synthesis per upload, warm-start and fine-tuning.
+class SyntheticWarmStart:
+    """The server's WarmFed/FGL work, apart from Flower: round 0's upload schema, synthesis from each accepted upload
+    on one resident pipeline, the one-shot (warm-start) model and its class-balanced synthetic subset; later rounds'
+    server fine-tuning of the aggregated model on that subset.
 
     ``synthesis.devices`` places the pipeline on its first listed device and, in round 0, one more copy on each
     further device, so several clients' synthetic sets are made at once (one client per device at a time).

@@ -75,7 +75,7 @@ def _cached_partition(folder: Path, cfg: DataConfig, seed: int, cache_dir: Path,
 
 def _partitions_dir(cfg: DataConfig, seed: int, cache_dir: Path) -> Path:
     """The cache folder of every partition of ``cfg`` and ``seed``, keyed by the whole data config and the source."""
-    settings = [f"{key}={value}" for key, value in sorted(dataclasses.asdict(cfg).items())]
+    settings = [f"{key}={value}" for key, value in sorted(cfg.model_dump().items())]
     key = cache_key(PARTITION_VERSION, seed, _source_fingerprint(cfg), *settings)
     return cache_dir / "clients" / f"{cfg.source}-{key}"
 
@@ -126,7 +126,7 @@ def _build_partitions(
         if not 0 <= partition_id < len(names):
             raise DataError(f"partition-id {partition_id} is out of range: the domain partition of {', '.join(names)} "
                             f"has {len(names)} clients; start one SuperNode per domain")
-        loaded, class_names = loading.load_domains(dataclasses.replace(cfg, domains=names[partition_id]), cache_dir)
+        loaded, class_names = loading.load_domains(cfg.model_copy(update={"domains": names[partition_id]}), cache_dir)
         wanted = [partition_id]
     else:
         loaded, class_names = loading.load_domains(cfg, cache_dir)

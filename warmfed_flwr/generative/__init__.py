@@ -9,7 +9,7 @@
 - ``diffusion``: the noise-prediction training step shared by foundation pretraining and client LoRA.
 - ``images``: labelled image tensors from a dataset, checked and resized.
 - ``shipped``: the prebuilt foundation in ``tiny_foundation/``: export with a model card, locate, verify hashes.
-- ``lora``: client LoRA fine-tuning, adapter export/validation, and applying an adapter to the resident pipeline.
+- ``lora``: client LoRA fine-tuning, adapter export and schema, and applying an adapter to the resident pipeline.
 - ``prompts``: class prompts and their text embeddings.
 - ``synthesis``: batched, seeded generation of a labelled set, its disk cache and preview grids.
 """
@@ -21,7 +21,6 @@ from warmfed_flwr.generative.lora import (
     export_adapter,
     finetune_lora,
     use_adapter,
-    validate_adapter,
 )
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
@@ -45,5 +44,4 @@ __all__ = [
     "synthesis_key",
     "synthesize",
     "use_adapter",
-    "validate_adapter",
 ]

@@ -1,4 +1,7 @@
-"""Client LoRA on the generator's UNet: fine-tune, export in diffusers format, validate, apply and remove.
+"""Client LoRA on the generator's UNet: fine-tune, export in diffusers format, describe (schema), apply and remove.
+
+Round-0 uploads are checked against :func:`adapter_schema` (prefixed, with the prompt embeddings) by
+``payload.validate`` in the server strategy, before an adapter reaches :func:`use_adapter`.
 
 Adapters travel as tensor dicts in the PEFT key format that diffusers saves and loads for every model
 (``unet.<module>.lora_A.weight`` / ``.lora_B.weight``, what ``StableDiffusionPipeline.save_lora_weights`` writes
@@ -25,7 +28,7 @@ from peft.utils import get_peft_model_state_dict
 from torch.utils.data import Dataset, Subset
 
 from warmfed_flwr.config import LoraConfig
-from warmfed_flwr.errors import GeneratorError, PayloadError
+from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss
 from warmfed_flwr.generative.images import training_batches
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
@@ -219,39 +222,6 @@ def unet_adapter_schema(unet: UNet2DConditionModel, cfg: LoraConfig) -> Schema:
     return {PREFIX + key: (tuple(value.shape), "float32") for key, value in state.items()}
 
 
-def validate_adapter(state: Mapping[str, torch.Tensor], schema: Schema, max_bytes: int, client: str) -> None:
-    """Raise PayloadError naming ``client`` and its first problem: missing/extra key, shape, dtype, NaN/Inf, size."""
-    where = f"LoRA adapter from client '{client}'"
-    fix = "the client must run the server's lora rank and targets"
-    missing = [key for key in schema if key not in state]
-    if missing:
-        raise PayloadError(f"{where} lacks key '{missing[0]}' ({len(missing)} of {len(schema)} missing); {fix}")
-    unexpected = [key for key in state if key not in schema]
-    if unexpected:
-        raise PayloadError(f"{where} has unexpected key '{unexpected[0]}' ({len(unexpected)} extra); {fix}")
-    for key, (shape, dtype) in schema.items():
-        tensor = state[key]
-        if not isinstance(tensor, torch.Tensor):
-            raise PayloadError(f"{where}: key '{key}' holds {type(tensor).__name__}, not a tensor; send torch tensors")
-        if tuple(tensor.shape) != tuple(shape):
-            raise PayloadError(f"{where}: key '{key}' has shape {tuple(tensor.shape)}, expected {tuple(shape)}; {fix}")
-        if str(tensor.dtype).removeprefix("torch.") != dtype:
-            raise PayloadError(
-                f"{where}: key '{key}' has dtype {str(tensor.dtype).removeprefix('torch.')}, expected {dtype}; "
-                f"send {dtype} tensors"
-            )
-        if not bool(torch.isfinite(tensor).all()):
-            raise PayloadError(
-                f"{where}: key '{key}' contains NaN or Inf; the client's LoRA training diverged, lower lora.lr"
-            )
-    size = adapter_bytes(state)
-    if size > max_bytes:
-        raise PayloadError(
-            f"{where} is {size / 2**20:.2f} MiB, over the {max_bytes / 2**20:.2f} MiB limit; "
-            "raise synthesis.max-upload-mb or lower lora.rank"
-        )
-
-
 @contextmanager
 def use_adapter(pipe: StableDiffusionPipeline, state: Mapping[str, torch.Tensor], name: str) -> Iterator[None]:
     """Load ``state`` into the resident pipeline as adapter ``name`` for the block, then delete it again.
@@ -271,7 +241,7 @@ def use_adapter(pipe: StableDiffusionPipeline, state: Mapping[str, torch.Tensor]
         text = str(exc).strip()
         raise GeneratorError(
             f"cannot apply LoRA adapter '{name}': {text.splitlines()[0] if text else repr(exc)}; "
-            "validate it with validate_adapter against this pipeline's adapter_schema"
+            "check it with payload.validate against this pipeline's adapter_schema, as round-0 uploads are"
         ) from exc
     try:
         yield

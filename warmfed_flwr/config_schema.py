@@ -1,0 +1,293 @@
+"""Every config key's one home: a pydantic section per YAML section, each field with its default, range and meaning.
+
+Flat keys are ``section.field`` with dashes (``train.round-timeout``), the shape of Flower's run config. A field's
+or section's ``json_schema_extra['used_when']`` says which flat key values make the run actually read it.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from warmfed_flwr.errors import ConfigError
+
+Algorithm = Literal["fedavg", "fedprox", "local", "centralized", "fgl", "warmfed"]
+Personalization = Literal["none", "dsd", "pfedsd", "ditto", "fedbn"]
+Fault = Literal["none", "raise", "hang", "exit", "nan", "wrong-shape", "extra-key", "oversize", "absurd-examples"]
+
+GENERATIVE_ALGORITHMS = ("warmfed", "fgl")
+PERSONALIZING_METHODS = tuple(m for m in typing.get_args(Personalization) if m != "none")
+
+
+def used_when(key: str, values: Iterable[str]) -> dict[str, Any]:
+    """``json_schema_extra`` of a field or section that the run reads only while flat ``key`` is one of ``values``."""
+    return {"used_when": {key: list(values)}}
+
+
+ALWAYS_USED: dict[str, Any] = {"used_when": {}}
+"""``json_schema_extra`` of a field read whatever its section's ``used_when`` says."""
+
+
+class Section(BaseModel):
+    """A frozen, strictly typed group of config keys; unknown keys are refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class DataConfig(Section):
+    """Where client data comes from and how it is split."""
+
+    source: Literal["digits", "imagefolder", "hub", "camelyon17", "domainnet"] = Field(
+        "digits", description="digits: the offline benchmark; imagefolder: root/domain/class/image; hub: a Hugging "
+        "Face dataset (data.hub-id); camelyon17: WILDS camelyon17_v1.0; domainnet: DomainNet with its split files")
+    path: str = Field("", description="dataset root: imagefolder tree, WILDS camelyon17_v1.0 or DomainNet (README)")
+    hub_id: str = Field("", description="the Hugging Face dataset id, for data.source = hub")
+    hub_config: str = Field("", description="the hub dataset's config (subset) name; \"\" = its default")
+    hub_image_column: str = Field("image", description="the hub dataset's image column")
+    hub_label_column: str = Field("label", description="the hub dataset's label column")
+    hub_domain_column: str = Field("", description="the hub dataset's domain column; \"\" = no domains")
+    domains: str = Field("mnist,digits,fonts,mnistm", description="comma-separated domain names, in client order")
+    partition: Literal["domain", "dirichlet"] = Field(
+        "domain", description="domain: one client per domain; dirichlet: label skew over the pooled domains")
+    num_clients: int = Field(4, gt=0, description="number of client partitions")
+    dirichlet_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of data.partition = dirichlet")
+    test_fraction: float = Field(0.2, gt=0, le=1, description="share of each client's data held out for testing")
+    image_size: int = Field(32, gt=0, description="side of the square images the classifier sees, in pixels")
+    max_per_domain: int = Field(0, ge=0, description="0 = all images; >0 caps each domain (fast tests)")
+    on_corrupt: Literal["error", "skip"] = Field(
+        "error", description="error: stop at an unreadable image; skip: count and skip unreadable images")
+    classes: str = Field("", description="domainnet only: \"\" = every class, or comma-separated class folder names "
+                         "(e.g. a 10-class subset)")
+
+    def domain_list(self) -> list[str]:
+        """The configured domain names, in order."""
+        return [d.strip() for d in self.domains.split(",") if d.strip()]
+
+    def class_list(self) -> list[str]:
+        """The configured class folder names (empty: every class)."""
+        return [c.strip() for c in self.classes.split(",") if c.strip()]
+
+
+class ModelConfig(Section):
+    """The classifier trained by every algorithm."""
+
+    name: Literal["cnn", "resnet18"] = Field("cnn", description="the classifier architecture")
+    small_stem: bool = Field(True, description="ResNet-18 with a 3x3 stem and no max-pool for 32x32 inputs")
+    pretrained_path: str = Field("", description="a torch state_dict to start from (e.g. ImageNet ResNet-18: its "
+                                 "1000-class head is replaced); \"\" = random init")
+    normalize: Literal["none", "imagenet"] = Field(
+        "none", description="imagenet: ImageNet mean/std as the model's first layer (for ImageNet weights)")
+
+
+class TrainConfig(Section):
+    """Classifier optimisation, federation sampling and client-side training."""
+
+    rounds: int = Field(5, gt=0, description="rounds after round 0 (WarmFed/FGL) or in total (baselines)")
+    local_epochs: int = Field(1, ge=0, description="epochs each client trains on its private data per round")
+    batch_size: int = Field(32, gt=0, description="classifier training batch size")
+    lr: float = Field(0.01, ge=0, description="classifier SGD learning rate")
+    momentum: float = Field(0.9, ge=0, description="classifier SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="classifier SGD weight decay")
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="share of the clients sampled for training each round")
+    min_fit_clients: int = Field(2, gt=0, description="fewest clients a training round needs")
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight",
+                               json_schema_extra=used_when("algorithm", ["fedprox"]))
+    centralized_epochs: int = Field(5, ge=0, description="epochs per round the server trains on the pooled data",
+                                    json_schema_extra=used_when("algorithm", ["centralized"]))
+    round_timeout: float = Field(3600.0, ge=0, description="seconds a round waits for client replies; late clients "
+                                 "count as failed (0 = forever)")
+    max_client_examples: int = Field(1_000_000, ge=0, description="uploads claiming more training examples (or "
+                                     "fewer than 1) are refused")
+    augment: Literal["none", "flip-crop"] = Field(
+        "none", description="flip-crop: seeded random horizontal flip + pad-crop on training batches only")
+
+
+class GeneratorConfig(Section):
+    """The text-to-image generator: 'tiny' (the embedded foundation), a hub id or a local path."""
+
+    model_config = ConfigDict(json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
+
+    base: str = Field("tiny", description="tiny (embedded foundation, shipped prebuilt), a hub id or a local "
+                      "diffusers directory")
+    prompt_template: str = Field("a photo of a {label}", description="class prompt; must contain {label}")
+    domain_prompts: bool = Field(True, description="append ', <client's domain>' to its prompts (node config "
+                                 "domain-phrase wins; none for mixed shares)")
+    foundation_steps: int = Field(8000, gt=0, description="the shipped foundation's recipe (loaded prebuilt); any "
+                                  "other value builds and caches one")
+    foundation_source: str = Field("digits", description="digits (public MNIST part) or an ImageFolder root/class/"
+                                   "image the tiny foundation is pretrained on")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="generator weights' dtype; auto = fp16 on CUDA, fp32 on CPU")
+
+
+class LoraConfig(Section):
+    """Client-side LoRA fine-tuning of the generator's UNet."""
+
+    model_config = ConfigDict(json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
+
+    enabled: bool = Field(True, description="false = prompts only (FGL's warm start)")
+    rank: int = Field(8, gt=0, description="LoRA rank")
+    alpha: float = Field(8.0, ge=0, description="LoRA scaling alpha")
+    targets: str = Field("to_q,to_k,to_v,to_out.0,conv1,conv2", description="comma-separated UNet module names "
+                         "that get adapters")
+    steps: int = Field(100, gt=0, description="LoRA optimisation steps per client")
+    lr: float = Field(1e-3, ge=0, description="LoRA learning rate")
+    batch_size: int = Field(32, gt=0, description="LoRA training batch size")
+
+    def target_list(self) -> list[str]:
+        """The LoRA target module names."""
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+
+class SynthesisConfig(Section):
+    """Server-side synthesis of the labelled synthetic set."""
+
+    model_config = ConfigDict(json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
+
+    images_per_class: int = Field(30, gt=0, description="synthetic images per class, per client")
+    steps: int = Field(10, gt=0, description="sampler (denoising) steps")
+    guidance: float = Field(3.0, ge=0, description="classifier-free guidance scale")
+    negative_prompt: str = Field("", description="classifier-free guidance's negative prompt; \"\" = the empty "
+                                 "prompt (FGL: 'low quality, low resolution')")
+    batch_size: int = Field(64, gt=0, description="synthesis batch size")
+    subset_ratio: float = Field(0.2, gt=0, le=1, description="share of the synthetic set clients keep for "
+                                "globalization")
+    max_upload_mb: float = Field(256.0, ge=0, description="hard cap on a round-0 upload; below it the limit is the "
+                                 "expected upload's size + 5 %")
+    upload_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="float16 halves round-0 uploads (adapter, embeddings); the server decodes them to fp32")
+    quality_check: bool = Field(True, description="simulation diagnostic: score each client's synthetic images on "
+                                "its real test split")
+    devices: str = Field("", description="server synthesis devices: \"\" = the run's device; 'cuda:0,cuda:1' = one "
+                         "pipeline per GPU, in parallel")
+
+    def device_list(self) -> list[str]:
+        """The server's synthesis devices ('cpu', 'cuda' or 'cuda:N'); empty: the run's device."""
+        names = [part.strip() for part in self.devices.split(",") if part.strip()]
+        for name in names:
+            if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+                raise ConfigError(f"config key 'synthesis.devices' = {self.devices!r} lists {name!r}; use comma-"
+                                  "separated cpu, cuda or cuda:N (e.g. 'cuda:0,cuda:1'), or '' for the run's device")
+        return names
+
+
+class WarmFedConfig(Section):
+    """Warm-start and globalization knobs (WARMFED.md steps 4-7)."""
+
+    model_config = ConfigDict(json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
+
+    warm_epochs: int = Field(10, ge=0, description="epochs the one-shot model trains on the whole synthetic set")
+    client_syn_epochs: int = Field(1, ge=0, description="client epochs on the synthetic subset per round")
+    server_ft_epochs: int = Field(1, ge=0, description="server fine-tuning epochs on the synthetic subset per round")
+    client_syn_finetune: bool = Field(True, description="clients fine-tune on the synthetic subset each round")
+    server_finetune: bool = Field(True, description="the server fine-tunes the aggregate on the synthetic subset")
+    syn_bn_stats: Literal["frozen", "update"] = Field(
+        "update", description="update: synthetic fine-tuning re-estimates BatchNorm statistics (paper); frozen: "
+        "keeps them")
+    server_ft_target: Literal["labels", "ensemble"] = Field(
+        "labels", description="labels: server fine-tunes on the subset's labels (paper); ensemble: distills the "
+        "clients' mean logits")
+    syn_lr_scale: float = Field(0.1, ge=0, description="synthetic fine-tuning (client and server) runs at train.lr x "
+                                "this (1.0 = the paper read literally)")
+    client_syn_mode: Literal["before", "mixed"] = Field(
+        "before", description="before: synthetic epochs, then private (paper); mixed: one pass over both at train.lr")
+
+
+class PersonalizationConfig(Section):
+    """Client-side personalization (WARMFED.md steps 8-11)."""
+
+    model_config = ConfigDict(json_schema_extra=used_when("personalization.method", PERSONALIZING_METHODS))
+
+    method: Personalization = Field("none", description="dsd: Dynamic Self-Distillation; pfedsd: teacher fixed to "
+                                    "the previous round; ditto; fedbn: BatchNorm layers stay local",
+                                    json_schema_extra=ALWAYS_USED)
+    epochs: int = Field(1, ge=0, description="epochs each client trains its personalized model per round")
+    dsd_lambda: float = Field(1.0, ge=0, description="weight of the distillation (KL) term")
+    dsd_temperature: float = Field(3.0, gt=0, description="distillation temperature")
+    tau_start: float = Field(1.0, gt=0, description="Gumbel-Softmax temperature of the selector in round 1")
+    tau_end: float = Field(0.1, gt=0, description="Gumbel-Softmax temperature in the last round (geometric anneal)")
+    selector_lr: float = Field(0.05, ge=0, description="learning rate of the DSD teacher selector")
+    selector_steps: int = Field(100, gt=0, description="optimisation steps of the DSD teacher selector")
+    selector_sees_label: bool = Field(True, description="the selector also sees each teacher's probability of the "
+                                      "true class")
+    ditto_lambda: float = Field(0.1, ge=0, description="Ditto's proximal weight towards the global model")
+
+
+class FaultConfig(Section):
+    """Test hook (tests, benchmarks/fault_matrix.py): inject one kind of fault into some clients in some rounds."""
+
+    kind: Fault = Field("none", description="the fault the chosen clients inject")
+    clients: str = Field("", description="misbehaving partition ids, comma-separated")
+    rounds: str = Field("", description="algorithm rounds they misbehave in, comma-separated; \"\" = every round")
+    hang_seconds: float = Field(120.0, ge=0, description="how long a 'hang' client sleeps before answering")
+
+    def client_ids(self) -> list[int]:
+        """The partition ids that misbehave."""
+        return _int_list("faults.clients", self.clients)
+
+    def round_ids(self) -> list[int]:
+        """The algorithm rounds in which they misbehave (empty: every round)."""
+        return _int_list("faults.rounds", self.rounds)
+
+    def hits(self, partition_id: int, algo_round: int) -> bool:
+        """Whether client ``partition_id`` misbehaves in ``algo_round``."""
+        rounds = self.round_ids()
+        return self.kind != "none" and partition_id in self.client_ids() and (not rounds or algo_round in rounds)
+
+
+def _int_list(key: str, text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"config key '{key}' = {text!r} must be comma-separated integers, e.g. '0,2'") from None
+
+
+class ExperimentConfig(Section):
+    """A whole experiment, resolved from YAML plus run-config overrides."""
+
+    experiment: str = Field("warmfed", description="the experiment YAML: a name under conf/ or an absolute path")
+    algorithm: Algorithm = Field(
+        "warmfed", description="warmfed: generative warm start + globalization; fgl: warmfed with FGL_DIFFERENCES "
+        "(config.py); fedavg, fedprox: classic baselines; local: no federation; centralized: pooled-data reference")
+    seed: int = Field(0, ge=0, description="seed of every random choice")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when visible")
+    output_dir: str = Field("~/warmfed-runs", description="absolute (or ~); each run writes "
+                            "<output-dir>/<run-name>/")
+    run_name: str = Field("", description="\"\" = <time>-<experiment>-<algorithm>-s<seed>")
+    cache_dir: str = Field("", description="\"\" = $WARMFED_CACHE, else $XDG_CACHE_HOME/warmfed-flwr, else "
+                           "~/.cache/warmfed-flwr")
+    resume: bool = Field(False, description="true = continue <output-dir>/<run-name> from its newest checkpoint")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    warmfed: WarmFedConfig = Field(default_factory=WarmFedConfig)
+    personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    def to_flat(self) -> dict[str, Any]:
+        """The config as flat kebab-case keys, the shape of Flower's run config."""
+        return flatten(self.model_dump())
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as flat ``section.key`` entries with snake_case names written kebab-case."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = prefix + kebab(str(key))
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def kebab(name: str) -> str:
+    """A snake_case field name as its kebab-case key."""
+    return name.replace("_", "-")

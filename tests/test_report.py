@@ -204,3 +204,16 @@ def test_compare_writes_what_its_command_line_rebuilds(tmp_path, monkeypatch):
     Path("res/global.md").unlink()
     assert main(shlex.split(command)[1:]) == 0
     assert Path("res/global.md").read_text() == written
+
+
+def test_a_folder_lists_its_runs_in_the_order_compare_ran_them(tmp_path):
+    """Children with a marker follow its date (the suite's variant order), not their names; the rest come last."""
+    from warmfed_flwr.report.collect import expand
+
+    rounds = [{"round": 1, "global_acc_pooled": 0.5}]
+    write_run(tmp_path / "zeta-s0", {"algorithm": "warmfed", "train.rounds": 1}, rounds,
+              marker("Zeta", 0, date="2026-01-01T10:00:00+00:00"))
+    write_run(tmp_path / "alpha-s0", {"algorithm": "fedavg", "train.rounds": 1}, rounds,
+              marker("Alpha", 0, date="2026-01-02T10:00:00+00:00"))
+    write_run(tmp_path / "beta-s0", {"algorithm": "fedavg", "train.rounds": 1}, rounds)
+    assert [Path(p).name for p in expand([str(tmp_path)])] == ["zeta-s0", "alpha-s0", "beta-s0"]

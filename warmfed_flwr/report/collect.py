@@ -112,9 +112,17 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.json").is_file() or (path / MARKER).is_file()
 
 
+def run_order(run_dir: Path) -> tuple[int, str, str]:
+    """Sort key of a folder's run directories: the order benchmarks/compare.py ran them in (its marker's date,
+    which follows the suite's variant order), then those without a marker, by name."""
+    date = read_marker(run_dir).get("date")
+    return (0, str(date), run_dir.name) if date else (1, "", run_dir.name)
+
+
 def expand(arguments: Sequence[str]) -> list[str]:
-    """Run directories named by the arguments, each a run directory or a folder of them (children sorted by name);
-    paths stay as given (a child is ``<folder>/<name>``). Raises ReportInputError naming a bad argument."""
+    """Run directories named by the arguments, each a run directory or a folder of them (children in the order
+    compare ran them, see run_order); paths stay as given (a child is ``<folder>/<name>``). Raises
+    ReportInputError naming a bad argument."""
     found: dict[Path, str] = {}
     for argument in arguments:
         path = Path(argument)
@@ -125,7 +133,7 @@ def expand(arguments: Sequence[str]) -> list[str]:
             found.setdefault(path.resolve(), argument)
             continue
         children = sorted((child for child in path.iterdir() if child.is_dir() and is_run_dir(child)),
-                          key=lambda child: child.name)
+                          key=run_order)
         if not children:
             raise ReportInputError(f"{argument}: holds no run directory (one with metrics.json or {MARKER}); "
                                    "pass the folder the runs were written to (their output-dir)")

@@ -54,7 +54,13 @@ class DataConfig(Section):
     partition: Literal["domain", "dirichlet"] = Field(
         "domain", description="domain: one client per domain; dirichlet: label skew over the pooled domains")
     num_clients: int = Field(4, gt=0, description="number of client partitions")
-    dirichlet_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of data.partition = dirichlet")
+    clients_per_domain: int = Field(1, gt=0, description="data.partition = domain: clients per domain "
+                                    "(data.num-clients = domains x this), named <domain>-<i> when above 1")
+    domain_split: Literal["iid", "dirichlet"] = Field(
+        "iid", description="how a domain is split among its clients: iid (equal random shares) or dirichlet "
+        "(label skew, data.dirichlet-alpha)")
+    dirichlet_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of data.partition = dirichlet "
+                                   "and of data.domain-split = dirichlet")
     test_fraction: float = Field(0.2, gt=0, le=1, description="share of each client's data held out for testing")
     image_size: int = Field(32, gt=0, description="side of the square images the classifier sees, in pixels")
     max_per_domain: int = Field(0, ge=0, description="0 = all images; >0 caps each domain (fast tests)")
@@ -148,7 +154,11 @@ class SynthesisConfig(Section):
 
     model_config = ConfigDict(json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
 
-    images_per_class: int = Field(30, gt=0, description="synthetic images per class, per client")
+    images_per_class: int = Field(30, gt=0, description="synthetic images per class, per client (when "
+                                  "synthesis.total-images = 0)")
+    total_images: int = Field(0, ge=0, description="0: synthesis.images-per-class per client; >0: a fixed budget "
+                              "spread evenly over the accepted clients and the classes (at least 1 per class and "
+                              "client), so server synthesis stays flat as clients grow")
     steps: int = Field(10, gt=0, description="sampler (denoising) steps")
     guidance: float = Field(3.0, ge=0, description="classifier-free guidance scale")
     negative_prompt: str = Field("", description="classifier-free guidance's negative prompt; \"\" = the empty "
@@ -176,10 +186,13 @@ class SynthesisConfig(Section):
 
 
 class WarmFedConfig(Section):
-    """Warm-start and globalization knobs (WARMFED.md steps 4-7)."""
+    """Warm-start and globalization knobs (docs/algorithm.md, steps 4-8)."""
 
     model_config = ConfigDict(json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
 
+    round0_fraction: float = Field(1.0, gt=0, le=1, description="share of the clients asked for a round-0 upload "
+                                   "(at least train.min-fit-clients); the others join at round 1, and the domains "
+                                   "left out of the synthetic set are recorded")
     warm_epochs: int = Field(10, ge=0, description="epochs the one-shot model trains on the whole synthetic set")
     client_syn_epochs: int = Field(1, ge=0, description="client epochs on the synthetic subset per round")
     server_ft_epochs: int = Field(1, ge=0, description="server fine-tuning epochs on the synthetic subset per round")
@@ -198,7 +211,7 @@ class WarmFedConfig(Section):
 
 
 class PersonalizationConfig(Section):
-    """Client-side personalization (WARMFED.md steps 8-11)."""
+    """Client-side personalization (docs/algorithm.md, steps 9-12)."""
 
     model_config = ConfigDict(json_schema_extra=used_when("personalization.method", PERSONALIZING_METHODS))
 

@@ -1,6 +1,6 @@
 """Client-side personalization: WarmFed's Dynamic Self-Distillation (DSD), pFedSD, Ditto and FedBN.
 
-DSD follows WARMFED.md steps 8-11: the personalized student trains on the client's data with
+DSD follows docs/algorithm.md, steps 9-12: the personalized student trains on the client's data with
 cross-entropy plus a temperature-scaled KL term towards a per-sample teacher, chosen among the
 logits of the client's personalized models of the last two rounds (the :class:`LogitPool`) by a
 small learnable selector with a hard, straight-through Gumbel-Softmax. pFedSD is the same loop with
@@ -71,7 +71,7 @@ def gumbel_tau(round_idx: int, total_rounds: int, tau_start: float, tau_end: flo
 
 
 class TeacherSelector(nn.Module):
-    """Scores each candidate teacher per sample from the candidates' logits (WARMFED.md step 10)."""
+    """Scores each candidate teacher per sample from the candidates' logits (docs/algorithm.md, step 11)."""
 
     def __init__(self, num_classes: int, num_candidates: int, hidden: int = 32, sees_label: bool = False) -> None:
         super().__init__()

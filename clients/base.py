@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ class FederatedClient(NumPyClient):
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Train on private data from the received weights, then personalize."""
+        started = time.perf_counter()
         algo_round = int(config[protocol.ROUND])
         global_weights = [np.copy(w) for w in parameters]
         self.load_global(parameters)
@@ -58,9 +60,10 @@ class FederatedClient(NumPyClient):
                             device=self.device, seed=self.seed + algo_round, momentum=t.momentum,
                             weight_decay=t.weight_decay, regularizer=regularizer, augment=t.augment)
         metrics = self.personalize(global_weights, algo_round, int(config[protocol.TOTAL_ROUNDS]))
+        compute = {protocol.COMPUTE_SECONDS: time.perf_counter() - started}
         weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, get_weights(self.model),
                                               len(self.split.train))
-        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics}
+        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics, **compute}
 
     def identity(self) -> dict[str, Scalar]:
         """Metrics that name this client."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from flwr.common import NDArrays, Scalar
 
@@ -27,19 +29,23 @@ class WarmFedClient(FederatedClient):
                                                                      protocol.SYNTHETIC_LABELS)})
         global_weights = payload.named_to_weights(payload.split_prefix(named, protocol.MODEL_PREFIX))
         algo_round = int(config[protocol.ROUND])
+        started = time.perf_counter()
         self.load_global(global_weights)
         loss = globalize_client(self.model, self.synthetic_subset(), self.split, self.cfg, self.device,
                                 self.seed + algo_round)
         metrics = self.personalize(global_weights, algo_round, int(config[protocol.TOTAL_ROUNDS]))
+        compute = {protocol.COMPUTE_SECONDS: time.perf_counter() - started}
         weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, self.get_parameters({}),
                                               len(self.split.train))
-        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics}
+        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics, **compute}
 
     def round0_upload(self) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Round 0: LoRA-adapt the generator (when enabled) and send adapter and class prompt embeddings."""
         phrase = str(self.context.node_config.get("domain-phrase", "")) or self.default_domain_phrase()
+        started = time.perf_counter()
         named, timings = client_upload(self.cfg, self.split, self.class_names, self.device, self.cache_dir, phrase)
-        metrics = {**self.identity(), protocol.CLASS_NAMES: ",".join(self.class_names), **timings}
+        metrics = {**self.identity(), protocol.CLASS_NAMES: ",".join(self.class_names), **timings,
+                   protocol.COMPUTE_SECONDS: time.perf_counter() - started}
         named = payload.cast_floats(named, self.cfg.synthesis.upload_dtype)
         named, num_examples = faults.inject(self.cfg, self.partition_id, 0, named, len(self.split.train))
         return payload.encode(named), num_examples, metrics

@@ -17,6 +17,7 @@ from flwr.server.strategy import FedAvg
 
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr.data.domain_clients import client_domain
 from warmfed_flwr.results import RunRecorder
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,15 @@ def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
+
+
+def client_compute_record(results: list[tuple[ClientProxy, FitRes]]) -> dict[str, float]:
+    """Sum and maximum of the clients' reported ``compute_seconds`` (finite, >= 0); empty when none reports it."""
+    seconds = [v for _, res in results
+               if (v := _number(res.metrics.get(protocol.COMPUTE_SECONDS))) is not None and v >= 0]
+    if not seconds:
+        return {}
+    return {"client_compute_seconds_sum": sum(seconds), "client_compute_seconds_max": max(seconds)}
 
 
 class RecordingFedAvg(FedAvg):
@@ -139,7 +149,7 @@ class RecordingFedAvg(FedAvg):
             except Exception as exc:  # noqa: BLE001 - a bad upload is refused, never fatal
                 self.recorder.event("upload_refused", round=algo_round, client=client, reason=one_line(exc))
         self.record_failures(algo_round, results, failures)
-        self.record_fit(server_round, accepted, len(results) - len(accepted), len(failures))
+        self.record_fit(server_round, accepted, results, len(failures))
         return sorted(accepted, key=lambda upload: upload.client)
 
     def record_failures(self, algo_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures) -> None:
@@ -151,8 +161,10 @@ class RecordingFedAvg(FedAvg):
             blame = {"client": silent[0]} if len(failures) == len(silent) == 1 else {"clients": silent}
             self.recorder.event("client_failed", round=algo_round, **blame, reason=one_line(reason))
 
-    def record_fit(self, server_round: int, accepted: list[Upload], refused: int, failed: int) -> None:
-        """Record client counts, bytes up and fit metrics of a round."""
+    def record_fit(self, server_round: int, accepted: list[Upload], results: list[tuple[ClientProxy, FitRes]],
+                   failed: int) -> None:
+        """Record client counts, bytes up and fit metrics of a round (compute time over every client that
+        answered, accepted or refused)."""
         algo_round = self.algorithm_round(server_round)
         up = [_parameters_bytes(upload.res.parameters) for upload in accepted]
         losses = [v for u in accepted if (v := _number(u.res.metrics.get("train_loss"))) is not None]
@@ -161,11 +173,12 @@ class RecordingFedAvg(FedAvg):
         self.recorder.record_round(algo_round, {
             **shares,
             "clients_ok": len(accepted),
-            "clients_refused": refused,
+            "clients_refused": len(results) - len(accepted),
             "clients_failed": failed,
             "bytes_up": sum(up),
             "bytes_up_per_client": max(up, default=0),
             **({"train_loss": float(np.mean(losses))} if losses else {}),
+            **client_compute_record(results),
         })
 
     def enough_uploads(self, server_round: int, accepted: list[Upload]) -> bool:
@@ -205,7 +218,9 @@ class RecordingFedAvg(FedAvg):
         self.recorder.add_time("evaluation", time.perf_counter() - self._eval_started)
         algo_round = self.algorithm_round(server_round)
         valid = self.screen_evaluate(algo_round, results)
-        record = {**evaluation_record(valid), "clients_evaluated": len(valid), "clients_eval_failed": len(failures),
+        per_domain = self.cfg.data.clients_per_domain if self.cfg.data.partition == "domain" else 1
+        record = {**evaluation_record(valid, per_domain), "clients_evaluated": len(valid),
+                  "clients_eval_failed": len(failures),
                   "clients_eval_refused": len(results) - len(valid)}
         self.recorder.record_round(algo_round, record)
         if server_round == self.num_rounds:
@@ -237,8 +252,9 @@ class RecordingFedAvg(FedAvg):
         return valid
 
 
-def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]]) -> dict[str, Any]:
-    """Turn every client's evaluation metrics into one round record."""
+def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]], clients_per_domain: int = 1) -> dict[str, Any]:
+    """Turn every client's evaluation metrics into one round record; with several clients per domain also each
+    domain's global accuracy over its clients' test splits (``global_domain_acc_<domain>``, weighted by test size)."""
     record: dict[str, Any] = {}
     total = sum(res.num_examples for _, res in results)
     global_rows = [(res.metrics, res.num_examples) for _, res in results if "global_acc" in res.metrics]
@@ -247,6 +263,13 @@ def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]]) -> dict[st
         record["global_loss_pooled"] = sum(float(m["global_loss"]) * n for m, n in global_rows) / total
         for metrics, _n in global_rows:
             record[f"global_acc_{metrics[protocol.CLIENT_NAME]}"] = float(metrics["global_acc"])
+        if clients_per_domain > 1:
+            by_domain: dict[str, list[tuple[float, int]]] = {}
+            for metrics, n in global_rows:
+                domain = client_domain(str(metrics[protocol.CLIENT_NAME]))
+                by_domain.setdefault(domain, []).append((float(metrics["global_acc"]), n))
+            record.update({f"global_domain_acc_{domain}": sum(acc * n for acc, n in rows) / tested
+                           for domain, rows in by_domain.items() if (tested := sum(n for _, n in rows))})
     personal = {str(res.metrics[protocol.CLIENT_NAME]): float(res.metrics["personal_acc"])
                 for _, res in results if "personal_acc" in res.metrics}
     if personal:

@@ -6,6 +6,8 @@ off), which resolve() applies for algorithm = fgl.
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +23,12 @@ from warmfed_flwr.errors import FederationError, PayloadError
 from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX
 from warmfed_flwr.runtime import one_line_errors
 from warmfed_flwr.warmstart import SyntheticWarmStart
+
+
+def round0_sample_size(available: int, fraction: float, min_clients: int) -> int:
+    """Clients asked for a round-0 upload: ``ceil(fraction x available)``, at least ``min_clients``, at most all."""
+    wanted = math.ceil(round(fraction * available, 9))
+    return min(available, max(min_clients, wanted))
 
 
 class WarmFedStrategy(RecordingFedAvg):
@@ -41,6 +49,7 @@ class WarmFedStrategy(RecordingFedAvg):
         """Round-0 size limit: the hard cap until ``round_zero_schema`` derives it from the expected upload."""
         self.has_subset: set[str] = set()
         self.upload_schema: payload.Schema = {}
+        self.round0_asked = self.round0_available = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The synthetic set's cache keys and the subset: the subset is sent again after a resume."""
@@ -58,7 +67,8 @@ class WarmFedStrategy(RecordingFedAvg):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """Round 0 asks every client; later rounds sample and send weights (+ the subset once) as a bundle."""
+        """Round 0 asks a seeded sample (warmfed.round0-fraction) of the clients; later rounds sample and send weights
+        (+ the subset, to each client in its first globalization round) as a bundle."""
         if server_round == 1:
             return self._configure_round0_upload(server_round, client_manager)
         pairs = super().configure_fit(server_round, parameters, client_manager)
@@ -90,8 +100,15 @@ class WarmFedStrategy(RecordingFedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.round_zero_schema()
         client_manager.wait_for(self.min_available_clients)
-        clients = client_manager.sample(num_clients=client_manager.num_available(),
-                                        min_num_clients=self.min_available_clients)
+        available = dict(sorted(client_manager.all().items()))
+        asked = round0_sample_size(len(available), self.cfg.warmfed.round0_fraction, self.min_fit_clients)
+        chosen = set(random.Random(self.cfg.seed).sample(list(available), asked))
+        clients = [client for cid, client in available.items() if cid in chosen]
+        self.round0_asked, self.round0_available = asked, len(available)
+        if asked < len(available):
+            self.recorder.event("clients_not_sampled", round=0,
+                                clients=[f"node {cid}" for cid in available if cid not in chosen],
+                                reason=f"{self.round0_sample_note()}; they join at round 1")
         empty = ndarrays_to_parameters(payload.encode({}))
         self.recorder.record_round(0, {"clients_sampled": len(clients), "bytes_down": 0, "bytes_down_per_client": 0})
         self.sampled = [client.cid for client in clients]
@@ -135,9 +152,14 @@ class WarmFedStrategy(RecordingFedAvg):
         payload.validate_num_examples(res.num_examples, self.cfg.train.max_client_examples, client)
         return payload.cast_floats(named, "float32")
 
+    def round0_sample_note(self) -> str:
+        """How many clients round 0 asked, and why."""
+        return (f"warmfed.round0-fraction = {self.cfg.warmfed.round0_fraction:g} asked {self.round0_asked} of "
+                f"{self.round0_available} clients for a round-0 upload")
+
     def record_left_out(self, accepted: list[Upload]) -> None:
-        """A ``domain_left_out`` event for every expected client without a valid round-0 upload, with the refusal
-        or, when only one client sent nothing, the failure as its reason."""
+        """A ``domain_left_out`` event for every expected client without a valid round-0 upload, with the refusal,
+        the round-0 sample that did not ask it or, when only one client sent nothing, the failure as its reason."""
         round_zero = [e for e in self.recorder.events if e.get("round") == 0]
         refused = {e["client"]: e["reason"] for e in round_zero if e["kind"] == "upload_refused"}
         failed = [e["reason"] for e in round_zero if e["kind"] == "client_failed"]
@@ -146,10 +168,12 @@ class WarmFedStrategy(RecordingFedAvg):
         for domain in self.domains:
             if domain in refused:
                 reason = f"upload refused: {refused[domain]}"
-            elif domain in silent:
-                reason = f"failed: {failed[0]}" if len(silent) == len(failed) == 1 else "no reply (failed or timed out)"
-            else:
+            elif domain not in silent:
                 continue
+            elif self.round0_asked < self.round0_available:
+                reason = f"not sampled{' or failed' if failed else ''} ({self.round0_sample_note()})"
+            else:
+                reason = f"failed: {failed[0]}" if len(silent) == len(failed) == 1 else "no reply (failed or timed out)"
             self.recorder.event("domain_left_out", round=0, domain=domain, reason=reason)
 
     @one_line_errors
@@ -177,6 +201,7 @@ class WarmFedStrategy(RecordingFedAvg):
         self.recorder.record_round(0, {
             "clients_accepted": len(accepted),
             "synthetic_images": len(synthetic.labels),
+            "synthetic_images_per_class": self.warm_start.images_per_class(len(accepted)),
             "synthetic_subset": len(self.warm_start.subset) if self.warm_start.subset is not None else 0,
             "classifier_bytes": payload.nbytes(weights),
             **{f"{SYNTHETIC_QUALITY_PREFIX}{client}": accuracy for client, accuracy in quality.items()},

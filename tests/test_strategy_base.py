@@ -164,3 +164,23 @@ def test_average_does_not_depend_on_arrival_order(tmp_path):
         strat.sampled = [proxy.cid for proxy, _ in uploads]
         averages.append(parameters_to_ndarrays(strat.aggregate_fit(2, [uploads[i] for i in order], [])[0]))
     assert all(np.array_equal(a, b) for other in averages[1:] for a, b in zip(averages[0], other, strict=True))
+
+
+@pytest.mark.parametrize("cls", [FedAvgStrategy, WarmFedStrategy])
+def test_client_compute_seconds_sum_and_max_over_the_clients_that_answered(tmp_path, cls):
+    strat, recorder = strategy(tmp_path, cls)
+    answered = [fit_res(weights(1.0), "good"), fit_res(weights(2.0), "other"), hostile("nan"),
+                fit_res(weights(3.0), "silent-about-time"), fit_res(weights(4.0), "liar")]
+    for (_, res), seconds in zip(answered, [1.5, 2.5, 4.0, None, float("nan")], strict=True):
+        if seconds is not None:
+            res.metrics[protocol.COMPUTE_SECONDS] = seconds
+    strat.aggregate_fit(2, answered, [])
+    row = recorder.rounds[-1]
+    assert row["clients_refused"] == 1, "the refused upload's compute time still counts"
+    assert (row["client_compute_seconds_sum"], row["client_compute_seconds_max"]) == (8.0, 4.0)
+
+
+def test_no_compute_seconds_reported_records_none(tmp_path):
+    strat, recorder = strategy(tmp_path)
+    strat.aggregate_fit(2, [fit_res(weights(1.0), "good")], [])
+    assert not {"client_compute_seconds_sum", "client_compute_seconds_max"} & recorder.rounds[-1].keys()

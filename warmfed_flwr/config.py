@@ -161,13 +161,20 @@ def _cross_checks(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'data.source' = 'hub' needs 'data.hub-id': a hub dataset id")
     if cfg.data.source not in ("digits", "hub") and not cfg.data.path:
         raise ConfigError(f"config key 'data.source' = '{cfg.data.source}' needs 'data.path': the dataset root folder")
+    per_domain = cfg.data.clients_per_domain
     if cfg.data.partition == "domain" and cfg.data.source == "digits":
         domains = cfg.data.domain_list()
-        if cfg.data.num_clients != len(domains):
+        if cfg.data.num_clients != len(domains) * per_domain:
             raise ConfigError(
-                f"config key 'data.num-clients' = {cfg.data.num_clients} must equal the number of "
-                f"'data.domains' ({len(domains)}) when 'data.partition' = 'domain'; use dirichlet to split further"
+                f"config key 'data.num-clients' = {cfg.data.num_clients} must equal the number of 'data.domains' "
+                f"({len(domains)}) x 'data.clients-per-domain' ({per_domain}) = {len(domains) * per_domain} when "
+                "'data.partition' = 'domain'"
             )
+    if cfg.data.partition == "dirichlet" and per_domain > 1:
+        raise ConfigError(
+            f"config key 'data.clients-per-domain' = {per_domain} needs 'data.partition' = 'domain'; with "
+            "'dirichlet' set it to 1 and choose the clients with 'data.num-clients'"
+        )
     if cfg.train.min_fit_clients > cfg.data.num_clients:
         raise ConfigError(
             f"config key 'train.min-fit-clients' = {cfg.train.min_fit_clients} exceeds "

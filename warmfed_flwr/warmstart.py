@@ -133,6 +133,15 @@ def client_upload(
     return cached_arrays(cache_dir / "uploads", key, make), timings
 
 
+def synthetic_images_per_class(total_images: int, clients: int, classes: int, images_per_class: int) -> int:
+    """Images the server synthesizes per class and accepted client: ``images_per_class`` when ``total_images`` is 0,
+    else the budget spread evenly over ``clients`` x ``classes`` (at least 1), so the set stays flat as clients
+    grow."""
+    if total_images == 0:
+        return images_per_class
+    return max(1, total_images // (max(clients, 1) * max(classes, 1)))
+
+
 def balanced_subset(labels: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
     """Indices of a class-balanced random subset holding ``ratio`` of each class."""
     generator = torch.Generator().manual_seed(seed)
@@ -217,18 +226,26 @@ class SyntheticWarmStart:
                 schema[protocol.ADAPTER_PREFIX + key] = (tuple(shape), "float32")
         return schema
 
+    def images_per_class(self, clients: int) -> int:
+        """Images per class the server synthesizes for each of ``clients`` accepted clients."""
+        syn = self.cfg.synthesis
+        return synthetic_images_per_class(syn.total_images, clients, len(self.class_names), syn.images_per_class)
+
     def synthesize_client(
-        self, client: str, named: dict[str, np.ndarray], seed: int, pipe: StableDiffusionPipeline | None = None
+        self, client: str, named: dict[str, np.ndarray], seed: int, pipe: StableDiffusionPipeline | None = None,
+        images_per_class: int | None = None,
     ) -> tuple[np.ndarray, torch.Tensor]:
         """uint8 images [N, H, W, 3] and labels generated from one client's embeddings (and adapter, when sent)
-        with ``seed``, on ``pipe`` (default: the resident pipeline), streamed batch by batch into the cache."""
+        with ``seed``, ``images_per_class`` per class (default: synthesis.images-per-class), on ``pipe`` (default:
+        the resident pipeline), streamed batch by batch into the cache."""
         syn = self.cfg.synthesis
+        per_class = syn.images_per_class if images_per_class is None else images_per_class
         embeddings = torch.from_numpy(named[protocol.EMBEDDINGS])
         adapter = {k: torch.from_numpy(v) for k, v in payload.split_prefix(named, protocol.ADAPTER_PREFIX).items()}
         size = self.cfg.data.image_size
         negative = [syn.negative_prompt] if syn.negative_prompt else []  # the default keeps its earlier key
-        key = synthesis_key(embeddings, *adapter.values(), self.cfg.generator.base, syn.images_per_class,
-                            syn.steps, syn.guidance, seed, size, *negative)
+        key = synthesis_key(embeddings, *adapter.values(), self.cfg.generator.base, per_class, syn.steps,
+                            syn.guidance, seed, size, *negative)
         self.synthesis_keys[client] = key
 
         def make() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -237,7 +254,7 @@ class SyntheticWarmStart:
             with ADAPTER_LOCK:
                 adapter_loaded.enter_context(use_adapter(active, adapter, client) if adapter else nullcontext())
             try:
-                yield from synthesize_batches(active, embeddings, syn.images_per_class, syn.steps, syn.guidance,
+                yield from synthesize_batches(active, embeddings, per_class, syn.steps, syn.guidance,
                                               syn.batch_size, seed, size=size, negative_prompt=syn.negative_prompt)
             finally:
                 with ADAPTER_LOCK:
@@ -250,19 +267,21 @@ class SyntheticWarmStart:
     def build_synthetic(self, uploads: list[tuple[str, dict[str, np.ndarray]]]) -> SyntheticSet:
         """The union of every accepted client's synthetic images, and its class-balanced subset.
 
-        Each client's images get their own seed, so identical prompt embeddings (FGL) still give distinct images,
-        and the same images whichever device (``synthesis.devices``) makes them.
+        Each client gets :meth:`images_per_class` images per class. Each client's images get their own seed, so
+        identical prompt embeddings (FGL) still give distinct images, and the same images whichever device
+        (``synthesis.devices``) makes them.
         """
         seeds = [self.cfg.seed * 1000 + index for index in range(len(uploads))]
+        per_class = self.images_per_class(len(uploads))
         if len(self.synthesis_devices) == 1 or len(uploads) < 2:
-            parts = [(client, *self.synthesize_client(client, named, seed))
+            parts = [(client, *self.synthesize_client(client, named, seed, images_per_class=per_class))
                      for (client, named), seed in zip(uploads, seeds, strict=True)]
         else:
-            parts = self._synthesize_parallel(uploads, seeds)
+            parts = self._synthesize_parallel(uploads, seeds, per_class)
         return self._keep(parts)
 
-    def _synthesize_parallel(self, uploads: list[tuple[str, dict[str, np.ndarray]]],
-                             seeds: list[int]) -> list[tuple[str, np.ndarray, torch.Tensor]]:
+    def _synthesize_parallel(self, uploads: list[tuple[str, dict[str, np.ndarray]]], seeds: list[int],
+                             per_class: int) -> list[tuple[str, np.ndarray, torch.Tensor]]:
         """Every client's synthetic set, made in threads that each hold one pipeline (one device) at a time."""
         if not self.extra_pipes:
             self.extra_pipes = [load_pipeline(self.base, device, self.cfg.generator.dtype)
@@ -275,7 +294,7 @@ class SyntheticWarmStart:
             pipe = free.get()
             try:
                 with torch.cuda.device(pipe.device) if pipe.device.type == "cuda" else nullcontext():
-                    return (client, *self.synthesize_client(client, named, seed, pipe))
+                    return (client, *self.synthesize_client(client, named, seed, pipe, per_class))
             finally:
                 free.put(pipe)
 

@@ -31,8 +31,9 @@ def load_client(cfg: DataConfig, seed: int, cache_dir: Path, partition_id: int) 
     """The class names and Flower partition ``partition_id``: the same split as ``load_benchmark(...).clients[i]``.
 
     The first call decodes only what the partition needs (its own domain for a domain partition of digits or an
-    ImageFolder tree; every domain otherwise, and then it writes every partition) and caches it as uint8 .npy files
-    under ``<cache>/clients``; later calls, in any process, memory-map those files.
+    ImageFolder tree, whatever data.clients-per-domain; every domain otherwise, and then it writes every partition)
+    and caches it as uint8 .npy files under ``<cache>/clients``; later calls, in any process, memory-map those
+    files.
     """
     cache_dir = Path(cache_dir).expanduser().absolute()
     folder = _partitions_dir(cfg, seed, cache_dir)
@@ -74,10 +75,19 @@ def _cached_partition(folder: Path, cfg: DataConfig, seed: int, cache_dir: Path,
 
 
 def _partitions_dir(cfg: DataConfig, seed: int, cache_dir: Path) -> Path:
-    """The cache folder of every partition of ``cfg`` and ``seed``, keyed by the whole data config and the source."""
-    settings = [f"{key}={value}" for key, value in sorted(cfg.model_dump().items())]
+    """The cache folder of every partition of ``cfg`` and ``seed``, keyed by the data config and the source."""
+    settings = [f"{key}={value}" for key, value in sorted(_partition_settings(cfg).items())]
     key = cache_key(PARTITION_VERSION, seed, _source_fingerprint(cfg), *settings)
     return cache_dir / "clients" / f"{cfg.source}-{key}"
+
+
+def _partition_settings(cfg: DataConfig) -> dict[str, object]:
+    """The data config as the cache key reads it: the whole config, less ``clients_per_domain`` and ``domain_split``
+    at one client per domain, so those partitions keep the keys they had before these settings existed."""
+    settings = cfg.model_dump()
+    if cfg.clients_per_domain == 1:
+        del settings["clients_per_domain"], settings["domain_split"]
+    return settings
 
 
 def _source_fingerprint(cfg: DataConfig) -> str:
@@ -116,17 +126,21 @@ def _build_partitions(
     cfg: DataConfig, seed: int, cache_dir: Path, partition_id: int
 ) -> tuple[list[str], int, dict[int, tuple[SplitArrays, list[str] | None]]]:
     """Decode and split what ``partition_id`` needs: (class names, number of partitions, {partition: (split, train
-    files)}), just that partition for a domain partition with known domains, every partition otherwise.
+    files)}), just that partition (decoding only its own domain) for a domain partition with known domains, every
+    partition otherwise.
 
     The partition functions run on stand-ins whose 'images' are indices into the decoded domains, with empty
     stand-ins for domains not decoded, so every seed and order is that of ``load_benchmark``.
     """
     names = _domain_names(cfg)
     if cfg.partition == "domain" and names is not None:
-        if not 0 <= partition_id < len(names):
+        per_domain = cfg.clients_per_domain
+        if not 0 <= partition_id < len(names) * per_domain:
             raise DataError(f"partition-id {partition_id} is out of range: the domain partition of {', '.join(names)} "
-                            f"has {len(names)} clients; start one SuperNode per domain")
-        loaded, class_names = loading.load_domains(cfg.model_copy(update={"domains": names[partition_id]}), cache_dir)
+                            f"has {len(names) * per_domain} clients ({per_domain} per domain); start one SuperNode "
+                            "per client")
+        own_domain = names[partition_id // per_domain]
+        loaded, class_names = loading.load_domains(cfg.model_copy(update={"domains": own_domain}), cache_dir)
         wanted = [partition_id]
     else:
         loaded, class_names = loading.load_domains(cfg, cache_dir)

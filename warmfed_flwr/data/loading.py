@@ -11,13 +11,8 @@ from torch.utils.data import TensorDataset
 from warmfed_flwr.config import DataConfig
 from warmfed_flwr.data import camelyon, digits, domainnet, hub, imagefolder
 from warmfed_flwr.data.datasets import Benchmark, ClientSplit, ImageArrayDataset, as_tensor_dataset
-from warmfed_flwr.data.partition import (
-    DomainArrays,
-    SplitArrays,
-    cap_domains,
-    partition_by_domain,
-    partition_dirichlet,
-)
+from warmfed_flwr.data.domain_clients import partition_domain_clients
+from warmfed_flwr.data.partition import DomainArrays, SplitArrays, cap_domains, partition_dirichlet
 from warmfed_flwr.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -72,13 +67,15 @@ def load_domains(cfg: DataConfig, cache_dir: Path) -> tuple[dict[str, DomainArra
 
 
 def partition_domains(domains: dict[str, DomainArrays], cfg: DataConfig, seed: int) -> list[SplitArrays]:
-    """Cap the domains and split them into clients by ``cfg.partition`` (deterministic given ``seed``)."""
+    """Cap the domains and split them into clients by ``cfg.partition`` (deterministic given ``seed``); the domain
+    partition gives ``cfg.clients_per_domain`` clients per domain, domain-major."""
     domains = cap_domains(domains, cfg.max_per_domain, seed)
     if cfg.partition == "domain":
-        splits = partition_by_domain(domains, cfg.test_fraction, seed)
+        splits = partition_domain_clients(domains, cfg.clients_per_domain, cfg.domain_split, cfg.dirichlet_alpha,
+                                          cfg.test_fraction, seed)
         if cfg.num_clients != len(splits):
-            log.warning("data.num-clients = %d but the domain partition gives %d clients (one per domain)",
-                        cfg.num_clients, len(splits))
+            log.warning("data.num-clients = %d but the domain partition gives %d clients (%d per domain)",
+                        cfg.num_clients, len(splits), cfg.clients_per_domain)
         return splits
     if cfg.partition == "dirichlet":
         return partition_dirichlet(domains, cfg.num_clients, cfg.dirichlet_alpha, cfg.test_fraction, seed)

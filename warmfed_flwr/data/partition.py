@@ -202,18 +202,27 @@ def partition_by_domain(domains: dict[str, DomainArrays], test_fraction: float, 
 
     The ``test_fraction`` split is stratified and seeded.
     """
-    clients = []
-    for i, (name, arrays) in enumerate(domains.items()):
-        if arrays.is_test is not None:
-            train_idx, test_idx = np.flatnonzero(~arrays.is_test), np.flatnonzero(arrays.is_test)
-        else:
-            train_idx, test_idx = stratified_split(arrays.labels, test_fraction, np.random.default_rng([seed, i, 2]))
-        clients.append(SplitArrays(name, name, arrays.take(train_idx), arrays.take(test_idx)))
-    return clients
+    return [split_train_test(name, name, arrays, test_fraction, np.random.default_rng([seed, i, 2]))
+            for i, (name, arrays) in enumerate(domains.items())]
 
 
-def dirichlet_assign(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> list[np.ndarray]:
-    """Indices per client from flwr-datasets' DirichletPartitioner over ``labels`` (sorted per client)."""
+def split_train_test(
+    name: str, domain: str, arrays: DomainArrays, test_fraction: float, rng: np.random.Generator
+) -> SplitArrays:
+    """Client ``name`` of ``domain`` holding ``arrays``, split by their predefined ``is_test`` or else by a
+    stratified ``test_fraction`` split drawn from ``rng``."""
+    if arrays.is_test is not None:
+        train_idx, test_idx = np.flatnonzero(~arrays.is_test), np.flatnonzero(arrays.is_test)
+    else:
+        train_idx, test_idx = stratified_split(arrays.labels, test_fraction, rng)
+    return SplitArrays(name, domain, arrays.take(train_idx), arrays.take(test_idx))
+
+
+def dirichlet_assign(
+    labels: np.ndarray, num_clients: int, alpha: float, seed: int, clients_key: str = "data.num-clients"
+) -> list[np.ndarray]:
+    """Indices per client from flwr-datasets' DirichletPartitioner over ``labels`` (sorted per client), every
+    client holding at least 2; errors name ``clients_key``, the config key that sets ``num_clients``."""
     from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner
 
@@ -222,7 +231,7 @@ def dirichlet_assign(labels: np.ndarray, num_clients: int, alpha: float, seed: i
     if total < min_size * num_clients:
         raise DataError(
             f"dirichlet partition: {total} samples cannot fill {num_clients} clients; "
-            "lower data.num-clients or raise data.max-per-domain"
+            f"lower {clients_key} or raise data.max-per-domain"
         )
     table = Dataset.from_dict({"label": labels.astype(np.int64), "idx": np.arange(total, dtype=np.int64)})
     partitioner = DirichletPartitioner(
@@ -238,7 +247,7 @@ def dirichlet_assign(labels: np.ndarray, num_clients: int, alpha: float, seed: i
     except ValueError as exc:
         raise DataError(
             f"dirichlet partition of {total} samples into {num_clients} clients with alpha={alpha} failed ({exc}); "
-            "raise data.dirichlet-alpha or lower data.num-clients"
+            f"raise data.dirichlet-alpha or lower {clients_key}"
         ) from exc
     return parts
 

@@ -124,7 +124,8 @@ def figures(algorithm: str, clients: int, wall: float, metrics: dict, server_pea
             actors: int) -> dict[str, Any]:
     """One row: stage seconds, the share of time outside compute, peaks, bytes per client, accuracy."""
     rounds, seconds = metrics["rounds"], metrics["time_seconds"]
-    client_compute = sum(row.get("client_compute_seconds_sum") or 0.0 for row in rounds)
+    client_compute = sum((row.get("client_compute_seconds_sum") or 0.0) + (row.get("client_eval_compute_seconds_sum")
+                                                                           or 0.0) for row in rounds)
     server_compute = sum(seconds.get(stage, 0.0) for stage in SERVER_COMPUTE)
     compute = server_compute + client_compute / actors
     return {
@@ -213,8 +214,8 @@ def write(out: Path, rows: list[dict], command: str) -> None:
         *ratio_lines(rows), "",
         "Definitions: stage seconds are the server's wall time per stage (client LoRA = round 0's fit phase, client "
         "rounds = the later fit phases, both including Flower and Ray). Not compute = 1 - (server compute stages + "
-        "the clients' summed `compute_seconds` / the number of Ray client actors) / the ServerApp's total; client "
-        "evaluation is not in `compute_seconds`, so it counts as not compute. Peaks are PSS (shared pages split "
+        "the clients' summed `compute_seconds` of fit and evaluate / the number of Ray client actors) / the "
+        "ServerApp's total. Peaks are PSS (shared pages split "
         "between the processes sharing them), sampled once a second. Bytes are the fit exchanges per client summed "
         "over rounds (evaluation traffic is not counted).", ""]
     out.write_text("\n".join(text))

@@ -117,6 +117,7 @@ class FederatedClient(NumPyClient):
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         """Global model on the client's test split, and its personalized model when it has one."""
+        started = time.perf_counter()
         set_weights(self.model, parameters)
         loss, accuracy = evaluate(self.model, self.split.test, self.device)
         metrics: dict[str, Scalar] = {**self.identity(), "global_acc": accuracy, "global_loss": loss}
@@ -124,6 +125,7 @@ class FederatedClient(NumPyClient):
         if personal is not None:
             set_weights(self.model, payload.named_to_weights(personal))
             metrics["personal_acc"] = evaluate(self.model, self.split.test, self.device)[1]
+        metrics[protocol.COMPUTE_SECONDS] = time.perf_counter() - started
         return loss, len(self.split.test), metrics
 
 
@@ -140,7 +142,9 @@ class LocalOnlyClient(FederatedClient):
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         """Only the client's own model: there is no global model."""
+        started = time.perf_counter()
         own = load_arrays(self.context, PERSONAL)
         set_weights(self.model, payload.named_to_weights(own) if own else parameters)
         loss, accuracy = evaluate(self.model, self.split.test, self.device)
-        return loss, len(self.split.test), {**self.identity(), "personal_acc": accuracy}
+        return loss, len(self.split.test), {**self.identity(), "personal_acc": accuracy,
+                                            protocol.COMPUTE_SECONDS: time.perf_counter() - started}

@@ -7,6 +7,7 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -56,13 +57,15 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def client_compute_record(results: list[tuple[ClientProxy, FitRes]]) -> dict[str, float]:
-    """Sum and maximum of the clients' reported ``compute_seconds`` (finite, >= 0); empty when none reports it."""
+def client_compute_record(results: Sequence[tuple[ClientProxy, FitRes | EvaluateRes]],
+                          prefix: str = "client_compute_seconds") -> dict[str, float]:
+    """Sum and maximum of the clients' reported ``compute_seconds`` (finite, >= 0) as ``<prefix>_sum`` and
+    ``<prefix>_max``; empty when none reports it."""
     seconds = [v for _, res in results
                if (v := _number(res.metrics.get(protocol.COMPUTE_SECONDS))) is not None and v >= 0]
     if not seconds:
         return {}
-    return {"client_compute_seconds_sum": sum(seconds), "client_compute_seconds_max": max(seconds)}
+    return {f"{prefix}_sum": sum(seconds), f"{prefix}_max": max(seconds)}
 
 
 class RecordingFedAvg(FedAvg):
@@ -219,7 +222,8 @@ class RecordingFedAvg(FedAvg):
         algo_round = self.algorithm_round(server_round)
         valid = self.screen_evaluate(algo_round, results)
         per_domain = self.cfg.data.clients_per_domain if self.cfg.data.partition == "domain" else 1
-        record = {**evaluation_record(valid, per_domain), "clients_evaluated": len(valid),
+        record = {**evaluation_record(valid, per_domain), **client_compute_record(valid, "client_eval_compute_seconds"),
+                  "clients_evaluated": len(valid),
                   "clients_eval_failed": len(failures),
                   "clients_eval_refused": len(results) - len(valid)}
         self.recorder.record_round(algo_round, record)

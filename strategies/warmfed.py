@@ -6,7 +6,6 @@ off), which resolve() applies for algorithm = fgl.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -22,13 +21,7 @@ from warmfed_flwr import payload, protocol
 from warmfed_flwr.errors import FederationError, PayloadError
 from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX
 from warmfed_flwr.runtime import one_line_errors
-from warmfed_flwr.warmstart import SyntheticWarmStart
-
-
-def round0_sample_size(available: int, fraction: float, min_clients: int) -> int:
-    """Clients asked for a round-0 upload: ``ceil(fraction x available)``, at least ``min_clients``, at most all."""
-    wanted = math.ceil(round(fraction * available, 9))
-    return min(available, max(min_clients, wanted))
+from warmfed_flwr.warmstart import SyntheticWarmStart, round0_sample_size
 
 
 class WarmFedStrategy(RecordingFedAvg):

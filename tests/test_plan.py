@@ -86,3 +86,10 @@ def test_command_line_prints_the_plan_and_exits_one_on_refusal(capsys):
     assert info.value.code == 1
     out = capsys.readouterr().out
     assert "round 0 upload" in out and "REFUSED: upload limit" in out
+
+
+def test_a_fixed_synthetic_budget_and_round0_sampling_shape_the_synthesis_stage():
+    plan = planner.make_plan(domainnet(**{"synthesis.total-images": 6900, "warmfed.round0-fraction": 0.5}), GPU)
+    synthesis = next(stage for stage in plan.stages if stage[0] == "round 0 synthesis")
+    # 6 clients, half of them asked (3); 6900 images over 3 clients x 345 classes = 6 per class and client
+    assert "6 x 345 classes = 2,070 images per client, 6,210 in all" in synthesis[3]

@@ -19,3 +19,10 @@ def test_client_columns_sort_by_number():
     headers = [line for line in lines if line.startswith("| round |") or line.startswith("| client-")]
     assert headers == ["| round | pooled | client-1 | client-2 | client-10 |",
                        "| client-1 | client-2 | client-10 | mean |"]
+
+
+def test_summary_lists_the_runs_events():
+    events = [{"kind": "domain_left_out", "round": 0, "client": "fonts", "reason": "not sampled"}]
+    text = summarize([], {}, {}, events)
+    assert "## Events" in text and "- round 0, domain_left_out; client: fonts; reason: not sampled" in text
+    assert "## Events" not in summarize([], {}, {})

@@ -14,7 +14,7 @@ import clients.base as base_client_module
 from clients import warmfed as warmfed_client_module
 from clients.base import FederatedClient
 from clients.warmfed import WarmFedClient
-from strategies.warmfed import WarmFedStrategy, round0_sample_size
+from strategies.warmfed import WarmFedStrategy
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import ClientSplit
@@ -22,7 +22,7 @@ from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.models import build_model
 from warmfed_flwr.results import RunRecorder
 from warmfed_flwr.training import get_weights
-from warmfed_flwr.warmstart import SyntheticWarmStart, synthetic_images_per_class
+from warmfed_flwr.warmstart import SyntheticWarmStart, round0_sample_size, synthetic_images_per_class
 
 CLASSES = ["zero", "one", "two"]
 EIGHT = [f"c{i}" for i in range(8)]

@@ -184,3 +184,13 @@ def test_no_compute_seconds_reported_records_none(tmp_path):
     strat, recorder = strategy(tmp_path)
     strat.aggregate_fit(2, [fit_res(weights(1.0), "good")], [])
     assert not {"client_compute_seconds_sum", "client_compute_seconds_max"} & recorder.rounds[-1].keys()
+
+
+def test_evaluation_compute_seconds_are_summed_over_the_accepted_reports(tmp_path):
+    strat, recorder = strategy(tmp_path)
+    reports = [eval_res("a", global_acc=0.8, global_loss=0.4, **{protocol.COMPUTE_SECONDS: 0.5}),
+               eval_res("b", global_acc=0.6, global_loss=0.4, **{protocol.COMPUTE_SECONDS: 1.5}),
+               eval_res("c", global_acc=7.0, global_loss=0.4, **{protocol.COMPUTE_SECONDS: 9.0})]
+    strat.aggregate_evaluate(2, reports, [])
+    row = recorder.rounds[-1]
+    assert (row["client_eval_compute_seconds_sum"], row["client_eval_compute_seconds_max"]) == (2.0, 1.5)

@@ -38,6 +38,7 @@ from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import DataConfig, ExperimentConfig, LoraConfig, load_yaml, resolve
 from warmfed_flwr.errors import ConfigError, WarmFedError
 from warmfed_flwr.generative.images import batch_limit
+from warmfed_flwr.warmstart import round0_sample_size, synthetic_images_per_class
 
 SD_CONFIGS = Path(__file__).resolve().parent / "generative" / "sd_configs"
 KNOWN_BASES = {
@@ -346,10 +347,13 @@ def make_plan(cfg: ExperimentConfig, federation: dict[str, Any]) -> Plan:
         schema.update({protocol.ADAPTER_PREFIX + k: v for k, v in arch.adapter.items()})
     schema_bytes = payload.schema_bytes(schema)
     upload = schema_bytes // 4 * wire
-    size, clients = cfg.data.image_size, cfg.data.num_clients
-    per_client_images = cfg.synthesis.images_per_class * data.classes
+    size = cfg.data.image_size
+    clients = round0_sample_size(cfg.data.num_clients, cfg.warmfed.round0_fraction, cfg.train.min_fit_clients)
+    per_class = synthetic_images_per_class(cfg.synthesis.total_images, clients, data.classes,
+                                           cfg.synthesis.images_per_class)
+    per_client_images = per_class * data.classes
     total_images = per_client_images * clients
-    subset_images = data.classes * max(1, round(cfg.synthesis.subset_ratio * cfg.synthesis.images_per_class * clients))
+    subset_images = data.classes * max(1, round(cfg.synthesis.subset_ratio * per_class * clients))
     image_bytes = 3 * size * size
     subset_bytes = subset_images * (image_bytes + 8)
     model = _classifier_bytes(cfg, data.classes)
@@ -361,7 +365,7 @@ def make_plan(cfg: ExperimentConfig, federation: dict[str, Any]) -> Plan:
                         f"{adapter_note}{data.classes} prompt embeddings of {arch.tokens}x{arch.text_dim}, "
                         f"{cfg.synthesis.upload_dtype}"))
         stages.append(("round 0 synthesis", 0, 0,
-                       f"{cfg.synthesis.images_per_class} x {data.classes} classes = {per_client_images:,} images "
+                       f"{per_class} x {data.classes} classes = {per_client_images:,} images "
                        f"per client, {total_images:,} in all ({cfg.synthesis.steps} steps, guidance "
                        f"{cfg.synthesis.guidance:g})"))
         with_subset = subset_bytes if cfg.warmfed.client_syn_finetune else 0

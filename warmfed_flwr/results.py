@@ -9,6 +9,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ class RunRecorder:
     def finish(self) -> str:
         """Write summary.md and accuracy.png; return the summary text."""
         self.flush()
-        summary = summarize(self.rounds, self.config, self.stage_seconds)
+        summary = summarize(self.rounds, self.config, self.stage_seconds, self.events)
         _atomic_write(self.directory / "summary.md", summary)
         plot_accuracy(self.rounds, self.directory / "accuracy.png")
         return summary
@@ -134,8 +135,10 @@ def _series(rounds: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     return [(r["round"], r[key]) for r in rounds if isinstance(r.get(key), (int, float))]
 
 
-def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_seconds: dict[str, float]) -> str:
-    """A markdown summary: pooled and per-domain global accuracy, personalized accuracy, bytes, time."""
+def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_seconds: dict[str, float],
+              events: Sequence[dict[str, Any]] = ()) -> str:
+    """A markdown summary: pooled and per-domain global accuracy, personalized accuracy, bytes, time, and the
+    run's events (refused, failed or unsampled clients, domains left out of the synthetic set)."""
     lines = [f"# {run_title(config)}", ""]
     evaluated = [r for r in rounds if "global_acc_pooled" in r]
     if evaluated:
@@ -173,6 +176,11 @@ def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_second
         lines.append("| stage | seconds |")
         lines.append("|---|---|")
         lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in stage_seconds.items()]
+    if events:
+        lines += ["", "## Events", ""]
+        lines += [f"- round {event.get('round', '-')}, {event.get('kind')}"
+                  + "".join(f"; {key}: {value}" for key, value in event.items() if key not in ("round", "kind"))
+                  for event in events]
     return "\n".join(lines) + "\n"
 
 

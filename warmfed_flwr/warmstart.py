@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import queue
 import threading
 import time
@@ -131,6 +132,12 @@ def client_upload(
         return named
 
     return cached_arrays(cache_dir / "uploads", key, make), timings
+
+
+def round0_sample_size(available: int, fraction: float, min_clients: int) -> int:
+    """Clients asked for a round-0 upload: ``ceil(fraction x available)``, at least ``min_clients``, at most all."""
+    wanted = math.ceil(round(fraction * available, 9))
+    return min(available, max(min_clients, wanted))
 
 
 def synthetic_images_per_class(total_images: int, clients: int, classes: int, images_per_class: int) -> int:

@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import ExperimentConfig, GeneratorConfig
 from warmfed_flwr.data import ClientSplit, ImageArrayDataset, ImageFileDataset
+from warmfed_flwr.data.cache_files import ArrayCheck, require_arrays
 from warmfed_flwr.data.partition import MIXED_DOMAIN
 from warmfed_flwr.errors import CheckpointError, GeneratorError
 from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adapter
@@ -131,7 +132,21 @@ def client_upload(
             named.update({protocol.ADAPTER_PREFIX + k: v.float().cpu().numpy() for k, v in adapter.items()})
         return named
 
-    return cached_arrays(cache_dir / "uploads", key, make), timings
+    return cached_arrays(cache_dir / "uploads", key, make, upload_check(len(prompts), cfg.lora.enabled)), timings
+
+
+def upload_check(classes: int, with_adapter: bool) -> ArrayCheck:
+    """A check that a cached round-0 upload holds the embeddings [classes, seq, dim] and, exactly when
+    ``with_adapter``, adapter entries; a cache file that fails it is rebuilt."""
+
+    def check(named: dict[str, np.ndarray]) -> None:
+        require_arrays({protocol.EMBEDDINGS: 3})(named)
+        if len(named[protocol.EMBEDDINGS]) != classes:
+            raise ValueError(f"embeddings of {len(named[protocol.EMBEDDINGS])} classes, not {classes}")
+        if with_adapter != any(name.startswith(protocol.ADAPTER_PREFIX) for name in named):
+            raise ValueError("adapter entries " + ("missing" if with_adapter else "where none belong"))
+
+    return check
 
 
 def round0_sample_size(available: int, fraction: float, min_clients: int) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 
 from warmfed_flwr.config import DataConfig
 from warmfed_flwr.data import digits, imagefolder, loading
+from warmfed_flwr.data.cache_files import read_or_miss
 from warmfed_flwr.data.datasets import Benchmark, ClientSplit, ImageArrayDataset, ImageFileDataset
 from warmfed_flwr.data.partition import DomainArrays, SplitArrays, build_lock, cache_key, select_domains
 from warmfed_flwr.errors import DataError
@@ -229,18 +230,22 @@ def _write_partition(
 
 
 def _read_partition(folder: Path) -> tuple[list[str], int, ClientSplit] | None:
-    """A cached partition, memory-mapped; None when it is missing or unreadable (it is then rebuilt)."""
-    if not folder.is_dir():
-        return None
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        arrays = {key: np.load(folder / f"{key}.npy", mmap_mode="r", allow_pickle=False) for key in _ARRAYS}
-        train = ImageArrayDataset(arrays["train_images"], arrays["train_labels"])
-        test = ImageArrayDataset(arrays["test_images"], arrays["test_labels"])
-        files = meta["native_train_files"]
-        native = None if files is None else ImageFileDataset(files, arrays["train_labels"])
-        split = ClientSplit(meta["name"], meta["domain"], train, test, native)
-        return list(meta["class_names"]), int(meta["clients"]), split
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable client partition %s (%s); rebuilding it", folder, exc)
-        return None
+    """A cached partition, memory-mapped; None when it is missing or unreadable (it is then removed and rebuilt)."""
+    return read_or_miss(folder, _map_partition)
+
+
+def _map_partition(folder: Path) -> tuple[list[str], int, ClientSplit]:
+    """Memory-map the partition written by :func:`_write_partition` into ``folder``; raises one of
+    :data:`~warmfed_flwr.data.cache_files.UNREADABLE` when a file is missing, truncated or not what it should be."""
+    meta = json.loads((folder / "meta.json").read_text())
+    if not isinstance(meta, dict) or not isinstance(meta["class_names"], list):
+        raise ValueError("meta.json is not a partition record")
+    arrays = {key: np.load(folder / f"{key}.npy", mmap_mode="r", allow_pickle=False) for key in _ARRAYS}
+    train = ImageArrayDataset(arrays["train_images"], arrays["train_labels"])
+    test = ImageArrayDataset(arrays["test_images"], arrays["test_labels"])
+    files = meta["native_train_files"]
+    if files is not None and not isinstance(files, list):
+        raise ValueError("meta.json lists no native train files")
+    native = None if files is None else ImageFileDataset(files, arrays["train_labels"])
+    split = ClientSplit(str(meta["name"]), str(meta["domain"]), train, test, native)
+    return [str(name) for name in meta["class_names"]], int(meta["clients"]), split

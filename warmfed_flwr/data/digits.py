@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from warmfed_flwr.data.cache_files import require_arrays
 from warmfed_flwr.data.partition import DomainArrays, cached_arrays, grey_to_rgb, resize_batch
 from warmfed_flwr.errors import DataError
 
@@ -35,6 +36,8 @@ CLIENT_SIZE = 1500
 FONT_IMAGES_PER_CLASS = 150
 _FONT_PREFIXES = ("DejaVuSans", "DejaVuSerif", "STIXGeneral", "cmr10", "cmb10", "cmss10", "cmtt10", "cmti10")
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "cat")
+DECODED = require_arrays({"images": 4, "labels": 1}, paired=("images", "labels"))
+"""What a domain cache entry must hold; one that does not is rebuilt."""
 
 
 def mnist_split() -> dict[str, np.ndarray]:
@@ -218,7 +221,7 @@ def _load_part(part: str, image_size: int, cache_dir: Path) -> DomainArrays:
                  time.perf_counter() - start, path)
         return {"images": arrays.images, "labels": arrays.labels}
 
-    cached = cached_arrays(path, build)
+    cached = cached_arrays(path, build, DECODED)
     return DomainArrays(cached["images"], cached["labels"].astype(np.int64))
 
 

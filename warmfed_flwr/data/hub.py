@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from warmfed_flwr.data.cache_files import require_arrays
 from warmfed_flwr.data.partition import DomainArrays, cache_key, cached_arrays, select_domains
 from warmfed_flwr.errors import DataError
 
@@ -23,6 +24,9 @@ VERSION = "v1"
 SINGLE_DOMAIN = "hub"
 DECODE_BATCH = 256
 """Rows decoded per batch: at most this many full-size images are held in memory at once."""
+DECODED = require_arrays({"images": 4, "labels": 1, "domain": 1, "domain_names": 1, "class_names": 1},
+                         paired=("images", "labels", "domain"))
+"""What a decode cache entry must hold; one that does not is rebuilt."""
 
 
 def fetch_dataset(hub_id: str, config: str = "") -> Any:
@@ -171,5 +175,5 @@ def load_domains(
             dataset, image_column, label_column, domain_column, image_size, domains, default_domains, named
         )
 
-    cached = cached_arrays(path, build) if fingerprint else build()
+    cached = cached_arrays(path, build, DECODED) if fingerprint else build()
     return _split_domains(cached), [str(n) for n in cached["class_names"]]

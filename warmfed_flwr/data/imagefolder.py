@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from warmfed_flwr.data.cache_files import require_arrays
 from warmfed_flwr.data.partition import DomainArrays, cache_key, cached_arrays, select_domains
 from warmfed_flwr.errors import DataError
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 VERSION = "v1"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DECODED = require_arrays({"images": 4, "labels": 1, "skipped": 1}, paired=("images", "labels"))
+"""What a decode cache entry must hold; one that does not is rebuilt."""
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -122,7 +125,7 @@ def load_files(
     folder: Path, files: list[tuple[Path, int]], image_size: int, cache_file: Path, on_corrupt: str
 ) -> tuple[DomainArrays, np.ndarray]:
     """The decoded (path, label) ``files`` of ``folder`` (cached at ``cache_file``) and the mask of files kept."""
-    arrays = cached_arrays(cache_file, lambda: decode_files(folder, files, image_size, on_corrupt))
+    arrays = cached_arrays(cache_file, lambda: decode_files(folder, files, image_size, on_corrupt), DECODED)
     skipped = arrays["skipped"]
     kept = np.ones(len(files), dtype=bool)
     if len(skipped):

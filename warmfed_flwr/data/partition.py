@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
-import os
-import tempfile
 import warnings
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +18,13 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from warmfed_flwr.data.cache_files import ArrayCheck, load_npz, save_npz_atomic
 from warmfed_flwr.errors import DataError
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX systems build without a lock
     fcntl = None
-
-log = logging.getLogger(__name__)
 
 
 MIXED_DOMAIN = "mixed"
@@ -81,32 +75,6 @@ def cache_key(*parts: object) -> str:
     return digest[:16]
 
 
-def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """Write a compressed npz so that concurrent readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a cache file, or None when it is missing or unreadable (it is then rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        log.warning("ignoring unreadable cache file %s (%s); rebuilding it", path, exc)
-        return None
-
-
 @contextlib.contextmanager
 def build_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside ``path`` so concurrent processes build a cache entry once."""
@@ -121,13 +89,16 @@ def build_lock(path: Path) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached_arrays(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The arrays cached at ``path``; on a miss, ``build`` them once (other processes wait) and cache them."""
-    cached = load_npz(path)
+def cached_arrays(
+    path: Path, build: Callable[[], dict[str, np.ndarray]], check: ArrayCheck | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays cached at ``path``; on a miss (no file, or one unreadable or failing ``check``: it is removed),
+    ``build`` them once (other processes wait) and cache them atomically."""
+    cached = load_npz(path, check)
     if cached is not None:
         return cached
     with build_lock(path):
-        cached = load_npz(path)
+        cached = load_npz(path, check)
         if cached is not None:
             return cached
         arrays = build()

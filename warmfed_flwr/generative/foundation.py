@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "tiny-sd-v2"
 """Bumped whenever the tiny architecture or its training recipe changes, so stale caches are not reused."""
+RECORD = "quality.json"
+"""The build record in a cached foundation: recipe, quality figures and the sha256 of every other file."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,43 @@ def library_versions() -> dict[str, str]:
             "transformers": transformers.__version__}
 
 
-def _is_complete(directory: Path) -> bool:
-    return (directory / "model_index.json").is_file() and (directory / "quality.json").is_file()
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """The sha256 of every file a built foundation holds (weights and configs), by path relative to ``directory``."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != RECORD)
+    return {path.relative_to(directory).as_posix(): sha256_file(path) for path in files}
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why the cached foundation at ``directory`` is incomplete (no record, no recorded hashes, a listed file missing,
+    unreadable or not matching its sha256), or None when it is complete. Errors other than a missing or unreadable
+    file (such as a PermissionError) propagate."""
+    try:
+        record = json.loads((directory / RECORD).read_text())
+    except FileNotFoundError:
+        return f"{RECORD} is missing"
+    except ValueError as exc:
+        return f"{RECORD} is unreadable ({exc})"
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or "model_index.json" not in files \
+            or not any(name.endswith(".safetensors") for name in files):
+        return f"{RECORD} records no sha256 of its weight files (built before they were recorded)"
+    for name, expected in files.items():
+        path = directory / name
+        try:
+            if sha256_file(path) != expected:
+                return f"{path} does not match its sha256 in {RECORD}"
+        except (FileNotFoundError, IsADirectoryError):
+            return f"{path} is missing or not a file"
+    return None
 
 
 def _build_into(spec: FoundationSpec, cache_dir: Path, template: str, target: Path) -> None:
@@ -99,7 +136,8 @@ def _build_into(spec: FoundationSpec, cache_dir: Path, template: str, target: Pa
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
         pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / "quality.json").write_text(json.dumps(record, indent=2))
+        record["files"] = file_hashes(staging)
+        (staging / RECORD).write_text(json.dumps(record, indent=2))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -113,10 +151,14 @@ def _build_into(spec: FoundationSpec, cache_dir: Path, template: str, target: Pa
 
 
 def ensure_foundation(spec: FoundationSpec, cache_dir: Path, template: str = DEFAULT_TEMPLATE) -> Path:
-    """The diffusers directory of the tiny foundation for ``spec``, built once under a file lock and cached."""
+    """The diffusers directory of the tiny foundation for ``spec``, built once under a file lock and cached.
+
+    A cached one counts only when every file matches the sha256 its build recorded (:func:`cache_problem`);
+    otherwise it is rebuilt, with one warning line.
+    """
     root = Path(cache_dir) / "foundation"
     target = root / foundation_key(spec, template)
-    if _is_complete(target):
+    if cache_problem(target) is None:
         return target
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / f"{target.name}.lock"))
@@ -126,7 +168,10 @@ def ensure_foundation(spec: FoundationSpec, cache_dir: Path, template: str = DEF
         logger.info("another process is building the foundation %s; waiting for it", target)
         lock.acquire()
     try:
-        if not _is_complete(target):
+        problem = cache_problem(target)
+        if problem is not None:
+            if target.exists():
+                logger.warning("the cached foundation %s is incomplete (%s); rebuilding it", target, problem)
             logger.info("building the tiny foundation %s (%d steps on '%s'); this runs once", target, spec.steps,
                         spec.source)
             _build_into(spec, Path(cache_dir), template, target)
@@ -160,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = dataclasses.replace(defaults, steps=args.steps, source=args.source, image_size=args.image_size,
                                seed=args.seed)
     path = ensure_foundation(spec, args.cache_dir, args.template)
-    record = json.loads((path / "quality.json").read_text())
+    record = json.loads((path / RECORD).read_text())
     quality = record["quality"]
     print(f"foundation: {path}")
     print(f"build seconds: {record['build_seconds']:.0f}")

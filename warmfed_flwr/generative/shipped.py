@@ -24,7 +24,13 @@ from urllib.parse import unquote, urlparse
 
 from warmfed_flwr.data import digits, photos
 from warmfed_flwr.errors import GeneratorError
-from warmfed_flwr.generative.foundation import ARCHITECTURE, FoundationSpec, library_versions
+from warmfed_flwr.generative.foundation import (
+    ARCHITECTURE,
+    RECORD,
+    FoundationSpec,
+    library_versions,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +44,6 @@ SHIPPED_SUFFIXES = (".safetensors", ".json", ".txt")
 MAX_EXPORT_BYTES = 30 * 2**20
 _verified: set[tuple[Path, str]] = set()
 """(directory, digest of the card's file list) pairs whose hashes were checked in this process."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_command(spec: FoundationSpec, template: str, export: Path) -> str:
@@ -102,8 +99,8 @@ def public_data_provenance(source: str, quality: dict[str, Any]) -> dict[str, An
 
 def export_foundation(source: Path, export: Path) -> dict[str, Any]:
     """Copy the built foundation at ``source`` into ``export`` (safetensors only) with its model card; the card."""
-    record = json.loads((source / "quality.json").read_text())
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.name != "quality.json")
+    record = json.loads((source / RECORD).read_text())
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.name != RECORD)
     refused = [p for p in files if p.suffix not in SHIPPED_SUFFIXES]
     if refused:
         raise GeneratorError(f"refusing to export {refused[0]}: only {', '.join(SHIPPED_SUFFIXES)} files may ship "

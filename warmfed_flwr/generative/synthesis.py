@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import re
-import tempfile
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ from diffusers import StableDiffusionPipeline
 from torch.nn import functional as F
 from torchvision.utils import save_image
 
+from warmfed_flwr.data.cache_files import ArrayCheck, load_npz, require_arrays, save_npz_atomic
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative.prompts import prompt_embeddings
 from warmfed_flwr.progress import progress_bar
@@ -161,38 +159,36 @@ def synthesis_key(*parts: Any) -> str:
 
 
 def cached_arrays(
-    cache_dir: Path, key: str, make: Callable[[], dict[str, np.ndarray]]
+    cache_dir: Path, key: str, make: Callable[[], dict[str, np.ndarray]], check: ArrayCheck | None = None
 ) -> dict[str, np.ndarray]:
-    """Named arrays stored at ``cache_dir/<key>.npz`` (no pickle), made by ``make()`` when absent or unreadable."""
+    """Named arrays stored at ``cache_dir/<key>.npz`` (no pickle), made by ``make()`` when absent, unreadable or
+    failing ``check`` (the unreadable file is removed with one warning), and written atomically."""
     if not _KEY.match(key):
         raise GeneratorError(f"cache key {key!r} is not a file-safe name; build it with synthesis_key()")
     path = Path(cache_dir) / f"{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                arrays = {name: stored[name] for name in stored.files}
-            logger.info("loaded from cache %s", path)
-            return arrays
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            logger.warning("cache file %s is unreadable (%s); making it again", path, exc)
+    arrays = load_npz(path, check)
+    if arrays is not None:
+        logger.info("loaded from cache %s", path)
+        return arrays
     arrays = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_npz_atomic(path, compressed=False, **arrays)
     logger.info("cached at %s (%.1f MB)", path, path.stat().st_size / 2**20)
     return arrays
+
+
+def _check_synthetic_set(arrays: dict[str, np.ndarray]) -> None:
+    """Raise ValueError unless ``arrays`` hold uint8 images [N, 3, H, W] and N labels (raise KeyError if absent)."""
+    require_arrays({"images": 4, "labels": 1}, paired=("images", "labels"))(arrays)
+    images = arrays["images"]
+    if images.dtype != np.uint8 or images.shape[1] != 3:
+        raise ValueError(f"images are {images.dtype} {images.shape}, not uint8 [N, 3, H, W]")
 
 
 def cached_synthesis(
     cache_dir: Path, key: str, make: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images [N, H, W, 3] and int64 labels [N] stored at ``cache_dir/<key>.npz``, made when absent.
+    """uint8 images [N, H, W, 3] and int64 labels [N] stored at ``cache_dir/<key>.npz``, made when absent or
+    unreadable.
 
     ``make()`` yields batches of float images [b, 3, H, W] in [0, 1] and labels; each batch is quantized as it
     comes, so no float copy of the whole set is ever held. The file keeps the images as [N, 3, H, W].
@@ -205,12 +201,8 @@ def cached_synthesis(
             labels.append(batch_labels.detach().cpu().to(torch.int64).numpy())
         return {"images": np.concatenate(images), "labels": np.concatenate(labels)}
 
-    arrays = cached_arrays(cache_dir, key, make_arrays)
-    try:
-        images, labels = arrays["images"], arrays["labels"]
-    except KeyError as exc:
-        raise GeneratorError(f"synthetic set cache {Path(cache_dir) / key}.npz lacks {exc}; delete it") from exc
-    return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels.astype(np.int64)
+    arrays = cached_arrays(cache_dir, key, make_arrays, _check_synthetic_set)
+    return np.ascontiguousarray(arrays["images"].transpose(0, 2, 3, 1)), arrays["labels"].astype(np.int64)
 
 
 GRID_MAX_CLASSES = 20

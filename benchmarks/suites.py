@@ -34,7 +34,6 @@ SUITES: dict[str, dict[str, dict[str, Any]]] = {
         "synthetic lr x1 (the paper read literally)": {"algorithm": "warmfed", "warmfed.syn-lr-scale": 1.0},
         "subset ratio 0.5": {"algorithm": "warmfed", "synthesis.subset-ratio": 0.5},
         "15 synthetic images per class": {"algorithm": "warmfed", "synthesis.images-per-class": 15},
-        "60 synthetic images per class": {"algorithm": "warmfed", "synthesis.images-per-class": 60},
     },
     "personal": {
         "WarmFed + DSD": {"algorithm": "warmfed", "personalization.method": "dsd"},

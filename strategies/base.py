@@ -1,4 +1,5 @@
-"""FedAvg that records communication, client failures and every client's evaluation metrics."""
+"""FedAvg that records communication, client failures and every client's evaluation metrics, and aggregates by
+train.aggregation, train.example-weighting and train.clip-norm (strategies/robust.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,21 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from strategies import robust
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import ExperimentConfig
 from warmfed_flwr.data.domain_clients import client_domain
@@ -88,6 +99,8 @@ class RecordingFedAvg(FedAvg):
         self.recorder = recorder
         self.num_rounds = num_rounds
         self._fit_started = self._eval_started = time.perf_counter()
+        self.global_weights: list[np.ndarray] = []
+        """The global model sent in the current round: what clients' updates are measured (and clipped) against."""
         self.global_schema: list[tuple[tuple[int, ...], str]] = []
         self.sampled: list[str] = []
         self.client_names: dict[str, str] = {}
@@ -114,7 +127,8 @@ class RecordingFedAvg(FedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Sample clients, attach the round config and count the bytes sent down."""
         pairs = super().configure_fit(server_round, parameters, client_manager)
-        self.global_schema = payload.weights_schema(parameters_to_ndarrays(parameters))
+        self.global_weights = parameters_to_ndarrays(parameters)
+        self.global_schema = payload.weights_schema(self.global_weights)
         self.sampled = [client.cid for client, _ in pairs]
         config = self.fit_config(server_round)
         pairs = [(client, FitIns(ins.parameters, {**ins.config, **config})) for client, ins in pairs]
@@ -198,12 +212,45 @@ class RecordingFedAvg(FedAvg):
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Weighted average of the valid client weights, recorded; the previous model when too few are valid."""
+        """The valid client weights, clipped and aggregated (:meth:`aggregate_uploads`); the previous model when too few
+        are valid."""
         self.recorder.add_time("client_rounds", time.perf_counter() - self._fit_started)
         accepted = self.screen_fit(server_round, results, failures)
         if not self.enough_uploads(server_round, accepted):
             return None, {}
-        return super().aggregate_fit(server_round, [(u.proxy, u.res) for u in accepted], failures)
+        return self.aggregate_uploads(server_round, self.clip_updates(server_round, accepted))
+
+    def clip_updates(self, server_round: int, accepted: list[Upload]) -> list[Upload]:
+        """``accepted`` with every update (weights minus the global model sent) longer than train.clip-norm scaled
+        down to it, each with an ``update_clipped`` event naming the client and its norm; unchanged when it is 0."""
+        max_norm = self.cfg.train.clip_norm
+        if not max_norm:
+            return accepted
+        algo_round = self.algorithm_round(server_round)
+        out: list[Upload] = []
+        clipped_clients = 0
+        for upload in accepted:
+            norm = robust.update_norm(upload.content, self.global_weights)
+            if norm > max_norm:
+                clipped = robust.clip_update(upload.content, self.global_weights, max_norm, norm)
+                self.recorder.event("update_clipped", round=algo_round, client=upload.client, norm=norm,
+                                    clip_norm=max_norm)
+                res = FitRes(upload.res.status, ndarrays_to_parameters(clipped), upload.res.num_examples,
+                             upload.res.metrics)
+                upload = upload._replace(res=res, content=clipped)
+                clipped_clients += 1
+            out.append(upload)
+        self.recorder.record_round(algo_round, {"clients_clipped": clipped_clients})
+        return out
+
+    def aggregate_uploads(self, server_round: int, uploads: list[Upload]) -> tuple[Parameters, dict[str, Scalar]]:
+        """The new global model from the uploads' weights by train.aggregation (:func:`robust.combine`), recorded
+        with the largest client share of the mean or the clients the trimmed mean cuts per side."""
+        train = self.cfg.train
+        counts = [int(upload.res.num_examples) for upload in uploads]
+        combined = robust.combine([upload.content for upload in uploads], counts, train)
+        self.recorder.record_round(self.algorithm_round(server_round), robust.aggregation_record(counts, train))
+        return ndarrays_to_parameters(combined), {}
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

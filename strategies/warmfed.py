@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from strategies.base import Failures, RecordingFedAvg, Upload
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.errors import FederationError, PayloadError
+from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX
 from warmfed_flwr.runtime import one_line_errors
 from warmfed_flwr.warmstart import SyntheticWarmStart, round0_sample_size
@@ -42,6 +43,8 @@ class WarmFedStrategy(RecordingFedAvg):
         """Round-0 size limit: the hard cap until ``round_zero_schema`` derives it from the expected upload."""
         self.has_subset: set[str] = set()
         self.upload_schema: payload.Schema = {}
+        self.embedding_norm_bound: float | None = None
+        """Round-0 limit on a prompt-embedding token vector's L2 norm (:meth:`embedding_norm_limit`)."""
         self.round0_asked = self.round0_available = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -111,7 +114,8 @@ class WarmFedStrategy(RecordingFedAvg):
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Round 0: warm start from the valid uploads. Later: FedAvg, then server fine-tuning."""
+        """Round 0: warm start from the valid uploads. Later: clipped and aggregated as the base strategy does (the
+        ensemble target sees the clipped uploads), then server fine-tuning."""
         stage = "client_lora" if server_round == 1 else "client_rounds"
         self.recorder.add_time(stage, time.perf_counter() - self._fit_started)
         if server_round == 1:
@@ -121,10 +125,8 @@ class WarmFedStrategy(RecordingFedAvg):
             return self._warm_start(accepted)
         if not self.enough_uploads(server_round, accepted):
             return None, {}
-        aggregated, metrics = super(RecordingFedAvg, self).aggregate_fit(
-            server_round, [(upload.proxy, upload.res) for upload in accepted], failures)
-        if aggregated is None:
-            return None, metrics
+        accepted = self.clip_updates(server_round, accepted)
+        aggregated, metrics = self.aggregate_uploads(server_round, accepted)
         started = time.perf_counter()
         uploads = [parameters_to_ndarrays(upload.res.parameters) for upload in accepted]
         weights = self.warm_start.finetune(parameters_to_ndarrays(aggregated), self.algorithm_round(server_round),
@@ -143,7 +145,25 @@ class WarmFedStrategy(RecordingFedAvg):
         named = payload.decode(parameters_to_ndarrays(res.parameters), client)
         payload.validate(named, self.upload_schema, client, self.max_upload_bytes)
         payload.validate_num_examples(res.num_examples, self.cfg.train.max_client_examples, client)
-        return payload.cast_floats(named, "float32")
+        named = payload.cast_floats(named, "float32")
+        syn = self.cfg.synthesis
+        payload.validate_max_abs(named, protocol.ADAPTER_PREFIX, syn.max_adapter_abs, client,
+                                 "synthesis.max-adapter-abs")
+        if syn.max_embedding_norm_factor:
+            why = (f"synthesis.max-embedding-norm-factor = {syn.max_embedding_norm_factor:g} x the largest row of the "
+                   "server's own class-prompt embeddings")
+            payload.validate_row_norms(named[protocol.EMBEDDINGS], protocol.EMBEDDINGS, self.embedding_norm_limit(),
+                                       client, why)
+        return named
+
+    def embedding_norm_limit(self) -> float:
+        """synthesis.max-embedding-norm-factor x the largest token-vector L2 norm of the server's own embeddings of the
+        class prompts (without a domain phrase), computed once with the server's generator."""
+        if self.embedding_norm_bound is None:
+            prompts = class_prompts(self.cfg.generator.prompt_template, self.warm_start.class_names)
+            largest = prompt_embeddings(self.warm_start.generator(), prompts).double().norm(dim=-1).max()
+            self.embedding_norm_bound = self.cfg.synthesis.max_embedding_norm_factor * float(largest)
+        return self.embedding_norm_bound
 
     def round0_sample_note(self) -> str:
         """How many clients round 0 asked, and why."""

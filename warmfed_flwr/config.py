@@ -6,6 +6,7 @@ this module resolves an experiment into an ``ExperimentConfig`` and reports a ba
 
 from __future__ import annotations
 
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -200,9 +201,25 @@ def _cross_checks(cfg: ExperimentConfig) -> None:
     if cfg.resume and cfg.algorithm == "centralized":
         raise ConfigError("config key 'resume' = true is not supported for 'algorithm' = 'centralized': "
                           "its server-side model is not checkpointed; run it again from the start")
+    _check_trimming(cfg)
     if "{label}" not in cfg.generator.prompt_template:
         raise ConfigError(
             f"config key 'generator.prompt-template' = {cfg.generator.prompt_template!r} must contain '{{label}}'"
+        )
+
+
+def _check_trimming(cfg: ExperimentConfig) -> None:
+    """Refuse a trimmed mean that would cut no client from the rounds Flower samples (a plain mean in disguise)."""
+    train = cfg.train
+    if train.aggregation != "trimmed-mean":
+        return
+    sampled = max(int(cfg.data.num_clients * train.fraction_fit), train.min_fit_clients)
+    if int(train.trim_fraction * sampled) == 0:
+        fix = (f"raise it to at least {math.ceil(100 / sampled) / 100:g}" if sampled >= 3
+               else "trimmed-mean needs at least 3 clients per round")
+        raise ConfigError(
+            f"config key 'train.trim-fraction' = {train.trim_fraction:g} cuts no client from rounds of {sampled} "
+            f"(int({train.trim_fraction:g} x {sampled}) = 0 per side); {fix}"
         )
 
 

@@ -110,6 +110,24 @@ class TrainConfig(Section):
                                      "fewer than 1) are refused")
     augment: Literal["none", "flip-crop"] = Field(
         "none", description="flip-crop: seeded random horizontal flip + pad-crop on training batches only")
+    aggregation: Literal["mean", "median", "trimmed-mean"] = Field(
+        "mean", description="how rounds >= 1 combine the clients' weights: mean (FedAvg, weighted by "
+        "train.example-weighting), median (coordinate-wise) or trimmed-mean (coordinate-wise, train.trim-fraction "
+        "cut from each end); median and trimmed-mean ignore example counts")
+    trim_fraction: float = Field(0.2, gt=0, lt=0.5, description="train.aggregation = trimmed-mean: share of the "
+                                 "round's clients cut from each end of every coordinate (int(share x clients) each "
+                                 "side; the config is refused when that is 0 for the clients sampled per round)")
+    clip_norm: float = Field(0.0, ge=0, description="0 = off; >0: each client's update (its weights minus the global "
+                             "model it got) is scaled down to at most this L2 norm before aggregation (over every "
+                             "floating-point tensor; integer ones such as BatchNorm counters are left out), with an "
+                             "update_clipped event naming the client and its norm")
+    example_weighting: Literal["examples", "uniform", "capped"] = Field(
+        "examples", description="train.aggregation = mean: examples weights each client by the example count it "
+        "reports; uniform weights each 1; capped caps each count at train.example-cap-factor x the low median of "
+        "the round's counts, so one liar among n clients carries at most factor / (factor + ceil((n-1)/2)) of the "
+        "average. Counts are the clients' own claims, in simulation too: the server loads no partition to check them")
+    example_cap_factor: float = Field(2.0, gt=1, description="train.example-weighting = capped: a count counts at "
+                                      "most this many times the low median of the round's counts")
 
 
 class GeneratorConfig(Section):
@@ -170,6 +188,13 @@ class SynthesisConfig(Section):
                                  "expected upload's size + 5 %")
     upload_dtype: Literal["float32", "float16"] = Field(
         "float32", description="float16 halves round-0 uploads (adapter, embeddings); the server decodes them to fp32")
+    max_adapter_abs: float = Field(100.0, ge=0, description="0 = off; round-0 adapters holding a value beyond "
+                                   "+-this are refused (real ones: about 0.6 at the default LoRA config, 4.2 at rank "
+                                   "1, alpha 16, lr 0.01)")
+    max_embedding_norm_factor: float = Field(10.0, ge=0, description="0 = off; round-0 prompt embeddings with a "
+                                             "token vector whose L2 norm exceeds this x the largest one of the "
+                                             "server's own embeddings of the class prompts are refused (real ones: "
+                                             "about 1.0 x)")
     quality_check: bool = Field(True, description="simulation diagnostic: score each client's synthetic images on "
                                 "its real test split")
     devices: str = Field("", description="server synthesis devices: \"\" = the run's device; 'cuda:0,cuda:1' = one "

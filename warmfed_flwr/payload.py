@@ -120,6 +120,28 @@ def validate(named: Mapping[str, np.ndarray], schema: Schema, sender: str, max_b
             raise PayloadError(f"upload from {sender}: '{name}' holds NaN or Inf values")
 
 
+def validate_max_abs(named: Mapping[str, np.ndarray], prefix: str, limit: float, sender: str, key: str) -> None:
+    """Refuse an upload whose floating-point entries under ``prefix`` hold a value beyond +-``limit`` (config key
+    ``key``; 0 = no limit)."""
+    if not limit:
+        return
+    for name, array in named.items():
+        if name.startswith(prefix) and array.dtype.kind == "f" and array.size:
+            largest = float(np.abs(array).max())
+            if largest > limit:
+                raise PayloadError(f"upload from {sender}: '{name}' holds a value of magnitude {largest:.3g}, beyond "
+                                   f"{key} = {limit:g}")
+
+
+def validate_row_norms(array: np.ndarray, name: str, limit: float, sender: str, why: str) -> None:
+    """Refuse ``array`` when a vector along its last axis has an L2 norm above ``limit`` (``why`` names the rule)."""
+    norms = np.linalg.norm(array.astype(np.float64), axis=-1)
+    if norms.size and norms.max() > limit:
+        index = tuple(int(i) for i in np.unravel_index(int(norms.argmax()), norms.shape))
+        raise PayloadError(f"upload from {sender}: '{name}' row {index} has L2 norm {norms.max():.3g}, over "
+                           f"{limit:.3g} ({why})")
+
+
 def weights_schema(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
     """Shape and dtype of every array of a model: what an upload of new weights must match."""
     return [(tuple(w.shape), w.dtype.name) for w in weights]

@@ -12,6 +12,7 @@ from flwr.common import Context
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+from tests.fake_digits import install_fake_digits
 from warmfed_flwr.config import DataConfig, resolve
 from warmfed_flwr.data import (
     ClientSplit,
@@ -35,20 +36,7 @@ SIZE = 8
 @pytest.fixture
 def fake_digits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Replace the digits domain builders with fast random ones; returns the domains built, in order."""
-    built: list[str] = []
-
-    def builder(name: str, index: int):
-        def build(size: int) -> DomainArrays:
-            built.append(name)
-            rng = np.random.default_rng(index)
-            count = 50 + 10 * index
-            return DomainArrays(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
-                                np.arange(count, dtype=np.int64) % 10)
-        return build
-
-    for i, name in enumerate(digits.DOMAINS):
-        monkeypatch.setitem(digits._BUILDERS, name, builder(name, i))
-    return built
+    return install_fake_digits(monkeypatch, [50 + 10 * i for i in range(len(digits.DOMAINS))], shuffle_labels=False)
 
 
 def _assert_same_split(mine, reference) -> None:

@@ -12,6 +12,7 @@ from flwr.common import Code, EvaluateRes, Status
 
 from strategies.base import evaluation_record
 from strategies.baselines import FedAvgStrategy
+from tests.fake_digits import install_fake_digits
 from warmfed_flwr import protocol
 from warmfed_flwr.config import ConfigError, DataConfig, resolve
 from warmfed_flwr.data import digits, load_benchmark, load_client, loading
@@ -29,20 +30,7 @@ COUNTS = [200 + 20 * i for i in range(len(DOMAINS))]
 @pytest.fixture
 def fake_digits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Replace the digits domain builders with fast random ones; returns the domains built, in order."""
-    built: list[str] = []
-
-    def builder(name: str, index: int):
-        def build(size: int) -> DomainArrays:
-            built.append(name)
-            rng = np.random.default_rng(index)
-            count = COUNTS[index]
-            return DomainArrays(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
-                                rng.permutation(np.arange(count, dtype=np.int64) % 10))
-        return build
-
-    for i, name in enumerate(DOMAINS):
-        monkeypatch.setitem(digits._BUILDERS, name, builder(name, i))
-    return built
+    return install_fake_digits(monkeypatch, COUNTS, shuffle_labels=True)
 
 
 def _indexed_domains(labels_seed: int = 0) -> dict[str, DomainArrays]:

@@ -66,7 +66,8 @@ def process_kind(proc: psutil.Process) -> str:
 
 
 class MemorySampler(threading.Thread):
-    """Peak PSS per process under one FLWR_HOME, sampled every ``interval`` seconds until stopped."""
+    """Peak PSS per process under one FLWR_HOME, sampled every ``interval`` seconds until stopped; a process is
+    classified again at every sample, since a Ray worker takes its actor's name only once the actor starts."""
 
     def __init__(self, flwr_home: str, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
@@ -83,8 +84,9 @@ class MemorySampler(threading.Thread):
                     pss = getattr(proc.memory_full_info(), "pss", 0)
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
-                kind, peak = self.peaks.get(proc.pid, (process_kind(proc), 0))
-                self.peaks[proc.pid] = (kind, max(peak, pss))
+                seen, peak = self.peaks.get(proc.pid, ("other", 0))
+                kind = process_kind(proc)
+                self.peaks[proc.pid] = (seen if kind == "other" else kind, max(peak, pss))
             self.stopped.wait(self.interval)
 
     def peak(self, kind: str) -> tuple[int, int]:
@@ -120,7 +122,9 @@ def measure(link: PrivateLink, algorithm: str, clients: int, root: Path, cache: 
     server_peak, _ = sampler.peak("server")
     actor_peak, actors = sampler.peak("actor")
     if not server_peak or not actors:
-        raise RuntimeError(f"{algorithm} with {clients} clients: the sampler never saw the run's ServerApp or actors")
+        seen = sorted(kind for kind, _ in sampler.peaks.values())
+        raise RuntimeError(f"{algorithm} with {clients} clients: the sampler never saw the run's ServerApp or client "
+                           f"actors (process kinds seen: {seen})")
     return figures(algorithm, clients, wall, metrics, server_peak, actor_peak, actors)
 
 

@@ -73,10 +73,12 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.flwr_home, self.interval = flwr_home, interval
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.concurrent_actors = 0
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
+            actors = 0
             for proc in psutil.process_iter():
                 try:
                     if proc.environ().get("FLWR_HOME") != self.flwr_home:
@@ -87,6 +89,8 @@ class MemorySampler(threading.Thread):
                 seen, peak = self.peaks.get(proc.pid, ("other", 0))
                 kind = process_kind(proc)
                 self.peaks[proc.pid] = (seen if kind == "other" else kind, max(peak, pss))
+                actors += kind == "actor"
+            self.concurrent_actors = max(self.concurrent_actors, actors)
             self.stopped.wait(self.interval)
 
     def peak(self, kind: str) -> tuple[int, int]:
@@ -120,12 +124,14 @@ def measure(link: PrivateLink, algorithm: str, clients: int, root: Path, cache: 
         raise RuntimeError(f"{algorithm} with {clients} clients failed (exit {done.returncode}):\n{tail}")
     metrics = read_metrics(run_dir)
     server_peak, _ = sampler.peak("server")
-    actor_peak, actors = sampler.peak("actor")
+    actor_peak, actor_processes = sampler.peak("actor")
+    actors = sampler.concurrent_actors
     if not server_peak or not actors:
         seen = sorted(kind for kind, _ in sampler.peaks.values())
         raise RuntimeError(f"{algorithm} with {clients} clients: the sampler never saw the run's ServerApp or client "
                            f"actors (process kinds seen: {seen})")
-    return figures(algorithm, clients, wall, metrics, server_peak, actor_peak, actors)
+    return {**figures(algorithm, clients, wall, metrics, server_peak, actor_peak, actors),
+            "actor_processes": actor_processes}
 
 
 def figures(algorithm: str, clients: int, wall: float, metrics: dict, server_peak: int, actor_peak: int,
@@ -173,7 +179,7 @@ def ratio_lines(rows: list[dict]) -> list[str]:
 def table(rows: list[dict]) -> list[str]:
     """The markdown table, one row per run."""
     header = ["algorithm", "clients", "wall s", "client LoRA s", "synthesis s", "warm start s", "client rounds s",
-              "evaluation s", "not compute", "server peak MiB", "actor peak MiB (actors)", "down/client kB",
+              "evaluation s", "not compute", "server peak MiB", "actor peak MiB (actors at once)", "down/client kB",
               "up/client kB", "synthetic images", "final pooled %"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -224,8 +230,8 @@ def write(out: Path, rows: list[dict], command: str) -> None:
         *ratio_lines(rows), "",
         "Definitions: stage seconds are the server's wall time per stage (client LoRA = round 0's fit phase, client "
         "rounds = the later fit phases, both including Flower and Ray). Not compute = 1 - (server compute stages + "
-        "the clients' summed `compute_seconds` of fit and evaluate / the number of Ray client actors) / the "
-        "ServerApp's total. Peaks are PSS (shared pages split "
+        "the clients' summed `compute_seconds` of fit and evaluate / the most Ray client actors alive at once) / "
+        "the ServerApp's total. Peaks are PSS (shared pages split "
         "between the processes sharing them), sampled once a second. Bytes are the fit exchanges per client summed "
         "over rounds (evaluation traffic is not counted).", ""]
     out.write_text("\n".join(text))

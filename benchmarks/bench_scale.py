@@ -142,7 +142,10 @@ def figures(algorithm: str, clients: int, wall: float, metrics: dict, server_pea
                                                                            or 0.0) for row in rounds)
     server_compute = sum(seconds.get(stage, 0.0) for stage in SERVER_COMPUTE)
     compute = server_compute + client_compute / actors
+    messages = sum((row.get("clients_sampled") or 0) + (row.get("clients_evaluated") or 0)
+                   + (row.get("clients_eval_failed") or 0) for row in rounds)
     return {
+        "messages": messages, "not_compute_seconds": max(0.0, seconds["total"] - compute),
         "algorithm": algorithm, "clients": clients, "wall_seconds": wall, "stages": seconds,
         "client_compute_seconds": client_compute, "server_compute_seconds": server_compute, "actors": actors,
         "not_compute_share": max(0.0, 1.0 - compute / seconds["total"]),
@@ -173,6 +176,25 @@ def ratio_lines(rows: list[dict]) -> list[str]:
         share = high["not_compute_share"]
         lines.append(f"- {algorithm}, time not in compute at {high['clients']} clients: {100 * share:.0f} % "
                      f"({'within' if share <= 0.15 else 'ABOVE'} the 15 % target)")
+    return lines
+
+
+def overhead_lines(rows: list[dict]) -> list[str]:
+    """What the time outside compute is made of: a part fixed per run and a part per client message (fit or
+    evaluate), from the smallest and the largest client count of each algorithm."""
+    lines = []
+    for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
+        group = sorted((r for r in rows if r["algorithm"] == algorithm), key=lambda r: r["clients"])
+        low, high = group[0], group[-1]
+        if high["messages"] == low["messages"]:
+            continue
+        per_message = (high["not_compute_seconds"] - low["not_compute_seconds"]) / (high["messages"] - low["messages"])
+        fixed = low["not_compute_seconds"] - per_message * low["messages"]
+        lines.append(
+            f"- {algorithm}: outside compute {low['not_compute_seconds']:.0f} s with {low['clients']} clients "
+            f"({low['messages']} client messages) and {high['not_compute_seconds']:.0f} s with {high['clients']} "
+            f"({high['messages']} messages): {1000 * per_message:.0f} ms per extra message and about {fixed:.0f} s "
+            f"fixed per run, {100 * fixed / high['stages']['total']:.0f} % of the {high['clients']}-client run")
     return lines
 
 
@@ -228,6 +250,12 @@ def write(out: Path, rows: list[dict], command: str) -> None:
         "takes part in the later rounds.", "",
         *table(rows), "", f"![scaling]({out.with_suffix('.png').name})", "", "Against the targets:", "",
         *ratio_lines(rows), "",
+        "Where the time outside compute goes (a line through the smallest and the largest run):", "",
+        *overhead_lines(rows), "",
+        "The fixed part is paid once per run whatever the number of clients: Ray starting the client actor, the "
+        "actor importing torch, Flower and diffusers and loading its first partition and model, the ServerApp "
+        "loading the generator (the `other` stage). It dominates these 2-round runs of a few minutes; the "
+        "per-message part is what grows with clients.", "",
         "Definitions: stage seconds are the server's wall time per stage (client LoRA = round 0's fit phase, client "
         "rounds = the later fit phases, both including Flower and Ray). Not compute = 1 - (server compute stages + "
         "the clients' summed `compute_seconds` of fit and evaluate / the most Ray client actors alive at once) / "

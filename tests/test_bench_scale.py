@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.bench_scale import figures, ratio_lines, table
+from benchmarks.bench_scale import figures, overhead_lines, ratio_lines, table
 
 
 def metrics(total: float, lora: float, synthesis: float, compute: list[float], down: int) -> dict:
@@ -30,3 +30,12 @@ def test_ratio_lines_flag_what_grows_past_its_target():
     assert "bytes each client receives: 64 vs 4 clients x1.20 (within the x1.25 target)" in lines
     assert "time not in compute at 64 clients: 2 % (within the 15 % target)" in lines
     assert len(table([small, big])) == 4
+
+
+def test_overhead_splits_into_a_fixed_part_and_a_part_per_message():
+    low = figures("fedavg", 4, 50.0, metrics(30.0, 0.0, 0.0, [0.0, 10.0], 1000), 1024**2, 1024**2, 1)
+    high = figures("fedavg", 64, 60.0, metrics(40.0, 0.0, 0.0, [0.0, 10.0], 1000), 1024**2, 1024**2, 1)
+    low["messages"], high["messages"] = 20, 520
+    lines = "\n".join(overhead_lines([low, high]))
+    # outside compute: 20 s with 20 messages, 30 s with 520 -> 20 ms per message, 19.6 s fixed (49 % of 40 s)
+    assert "20 ms per extra message and about 20 s fixed per run, 49 % of the 64-client run" in lines

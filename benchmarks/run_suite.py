@@ -89,8 +89,9 @@ def decides_reuse(cfg: ExperimentConfig, key: str) -> bool:
 
 
 def config_differences(plan: RunPlan, metrics: dict[str, Any]) -> list[str]:
-    """Config keys (used by the algorithm) whose stored value differs from what this plan would run."""
-    stored, wanted = metrics.get("config", {}), plan.cfg.to_flat()
+    """Config keys (used by the algorithm) whose stored value differs from what this plan would run; a key the run's
+    version did not have yet counts as its default (new keys default to the behaviour before them)."""
+    stored, wanted = {**ExperimentConfig().to_flat(), **metrics.get("config", {})}, plan.cfg.to_flat()
     keys = sorted(k for k in set(stored) | set(wanted) if decides_reuse(plan.cfg, k))
     return [f"{k}: run has {stored.get(k)!r}, wanted {wanted.get(k)!r}" for k in keys if stored.get(k) != wanted.get(k)]
 

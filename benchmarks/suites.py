@@ -42,8 +42,14 @@ SUITES: dict[str, dict[str, dict[str, Any]]] = {
         "WarmFed + FedBN": {"algorithm": "warmfed", "personalization.method": "fedbn"},
         "Local only": {"algorithm": "local"},
     },
+    "privacy": {
+        "WarmFed (no DP)": {"algorithm": "warmfed"},
+        **{f"WarmFed, DP noise {sigma:g}": {"algorithm": "warmfed", "privacy.noise-multiplier": sigma}
+           for sigma in (0.001, 0.01, 0.1)},
+    },
 }
-SUITE_TITLES = {"global": "Global model", "ablation": "WarmFed ablation", "personal": "Personalized models"}
+SUITE_TITLES = {"global": "Global model", "ablation": "WarmFed ablation", "personal": "Personalized models",
+                "privacy": "Privacy: audit and local differential privacy"}
 """The heading of each suite's report."""
 RESERVED = ("seed", "output-dir", "run-name")
 """Keys the script sets per run: use --seeds and --output-dir instead of --set."""

@@ -13,8 +13,8 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
 from clients.state import load_arrays, save_arrays
-from warmfed_flwr import faults, payload, personalization, protocol
-from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr import dp, faults, payload, personalization, protocol
+from warmfed_flwr.config import ExperimentConfig, key_is_used
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.models import build_model
 from warmfed_flwr.training import evaluate, get_weights, proximal_term, set_weights, train_epochs
@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 PERSONAL = "personal"
 POOL = "dsd-pool"
 LOCAL_BN = "fedbn-local"
+RESUMABLE_STATE = (PERSONAL, POOL, LOCAL_BN)
+"""``context.state`` keys snapshotted on disk after every fit so that a resumed run restores them (clients/state.py);
+WarmFed's synthetic subset is not one: the server sends it again after a resume."""
 
 
 class FederatedClient(NumPyClient):
@@ -60,10 +63,22 @@ class FederatedClient(NumPyClient):
                             device=self.device, seed=self.seed + algo_round, momentum=t.momentum,
                             weight_decay=t.weight_decay, regularizer=regularizer, augment=t.augment)
         metrics = self.personalize(global_weights, algo_round, int(config[protocol.TOTAL_ROUNDS]))
+        weights, private = self.private_update(get_weights(self.model), global_weights, algo_round)
         compute = {protocol.COMPUTE_SECONDS: time.perf_counter() - started}
-        weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, get_weights(self.model),
-                                              len(self.split.train))
-        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics, **compute}
+        weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, weights,
+                                              len(self.split.train), global_weights)
+        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics, **private, **compute}
+
+    def private_update(self, weights: NDArrays, global_weights: NDArrays,
+                       algo_round: int) -> tuple[NDArrays, dict[str, Scalar]]:
+        """The weights to upload: with local DP on their update when privacy.noise-multiplier > 0 and the algorithm
+        uploads (warmfed_flwr/dp.py), then with the ``dp_clipped`` metric; else ``weights`` unchanged."""
+        privacy = self.cfg.privacy
+        if not privacy.noise_multiplier or not key_is_used(self.cfg, "privacy.noise-multiplier"):
+            return weights, {}
+        private, clipped = dp.privatize_update(weights, global_weights, privacy.clip_norm, privacy.noise_multiplier,
+                                               dp.round_rng(self.seed, algo_round))
+        return private, {dp.CLIPPED_METRIC: int(clipped)}
 
     def identity(self) -> dict[str, Scalar]:
         """Metrics that name this client."""

@@ -9,8 +9,9 @@ from flwr.common import NDArrays, Scalar
 
 from clients.base import FederatedClient
 from clients.state import load_arrays, save_arrays
-from warmfed_flwr import faults, payload, protocol
+from warmfed_flwr import dp, faults, payload, protocol
 from warmfed_flwr.data import ImageArrayDataset
+from warmfed_flwr.privacy_audit import audit_metrics, penultimate_features, privacy_audit
 from warmfed_flwr.warmstart import client_upload, default_domain_phrase, globalize_client
 
 SUBSET = "synthetic-subset"
@@ -31,24 +32,49 @@ class WarmFedClient(FederatedClient):
         algo_round = int(config[protocol.ROUND])
         started = time.perf_counter()
         self.load_global(global_weights)
+        audit = self.privacy_audit(named)
         loss = globalize_client(self.model, self.synthetic_subset(), self.split, self.cfg, self.device,
                                 self.seed + algo_round)
         metrics = self.personalize(global_weights, algo_round, int(config[protocol.TOTAL_ROUNDS]))
+        weights, private = self.private_update(self.get_parameters({}), global_weights, algo_round)
         compute = {protocol.COMPUTE_SECONDS: time.perf_counter() - started}
-        weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, self.get_parameters({}),
-                                              len(self.split.train))
-        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics, **compute}
+        weights, num_examples = faults.inject(self.cfg, self.partition_id, algo_round, weights,
+                                              len(self.split.train), global_weights)
+        return weights, num_examples, {**self.identity(), "train_loss": loss, **metrics, **audit, **private,
+                                       **compute}
+
+    def privacy_audit(self, named: dict[str, np.ndarray]) -> dict[str, Scalar]:
+        """When the server sent synthetic images made from this client's own upload (once): their audit against the
+        private train and test splits in pixels and in the received global model's penultimate features, as
+        ``audit_*`` scalars (warmfed_flwr/privacy_audit.py); the images and splits stay here."""
+        if protocol.AUDIT_IMAGES not in named:
+            return {}
+        images = np.ascontiguousarray(named[protocol.AUDIT_IMAGES].transpose(0, 2, 3, 1))
+        audits = privacy_audit(images, self.split.train, self.split.test, self.seed,
+                               penultimate_features(self.model, self.device))
+        return dict(audit_metrics(audits))
 
     def round0_upload(self) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Round 0: LoRA-adapt the generator (when enabled) and send adapter and class prompt embeddings."""
         phrase = str(self.context.node_config.get("domain-phrase", "")) or self.default_domain_phrase()
         started = time.perf_counter()
         named, timings = client_upload(self.cfg, self.split, self.class_names, self.device, self.cache_dir, phrase)
-        metrics = {**self.identity(), protocol.CLASS_NAMES: ",".join(self.class_names), **timings,
+        named, private = self.private_round0(named)
+        metrics = {**self.identity(), protocol.CLASS_NAMES: ",".join(self.class_names), **timings, **private,
                    protocol.COMPUTE_SECONDS: time.perf_counter() - started}
         named = payload.cast_floats(named, self.cfg.synthesis.upload_dtype)
         named, num_examples = faults.inject(self.cfg, self.partition_id, 0, named, len(self.split.train))
         return payload.encode(named), num_examples, metrics
+
+    def private_round0(self, named: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Scalar]]:
+        """The round-0 upload with local DP on its adapter and embedding rows when privacy.noise-multiplier > 0
+        (warmfed_flwr/dp.py), then with the ``dp_clipped`` metric; else ``named`` unchanged."""
+        privacy = self.cfg.privacy
+        if not privacy.noise_multiplier:
+            return named, {}
+        private, clipped = dp.privatize_round0(named, privacy.adapter_clip_norm, privacy.embedding_clip_norm,
+                                               privacy.noise_multiplier, dp.round_rng(self.seed, 0))
+        return private, {dp.CLIPPED_METRIC: int(clipped)}
 
     def default_domain_phrase(self) -> str:
         """The client's domain name when ``generator.domain-prompts`` is on and the client holds one domain."""

@@ -27,10 +27,13 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from strategies import robust
-from warmfed_flwr import payload, protocol
+from strategies.availability import ClientWait, missing_clients
+from warmfed_flwr import dp, payload, protocol
 from warmfed_flwr.config import ExperimentConfig
 from warmfed_flwr.data.domain_clients import client_domain
+from warmfed_flwr.identity import claim_refusal, load_identities
 from warmfed_flwr.results import RunRecorder
+from warmfed_flwr.runtime import one_line_errors
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,10 @@ class RecordingFedAvg(FedAvg):
         self.global_schema: list[tuple[tuple[int, ...], str]] = []
         self.sampled: list[str] = []
         self.client_names: dict[str, str] = {}
+        """Client name by node id (cid), as each node last used it in an accepted claim."""
+        self.identities = load_identities(cfg.train.identity_file)
+        """train.identity-file: the node id (cid) each client name is bound to; empty: any node may claim any name."""
+        self.client_wait = ClientWait(cfg.data.num_clients, cfg.train.min_fit_clients, cfg.train.round_timeout or None)
 
     def algorithm_round(self, server_round: int) -> int:
         """The algorithm's round number for a Flower server round."""
@@ -122,10 +129,36 @@ class RecordingFedAvg(FedAvg):
         return {protocol.STAGE: protocol.STAGE_TRAIN, protocol.ROUND: self.algorithm_round(server_round),
                 protocol.TOTAL_ROUNDS: last}
 
+    def num_fit_clients(self, num_available_clients: int) -> tuple[int, int]:
+        """FedAvg's sample size; no wait in ClientManager.sample: :meth:`await_clients` has waited already."""
+        return super().num_fit_clients(num_available_clients)[0], 0
+
+    def num_evaluation_clients(self, num_available_clients: int) -> tuple[int, int]:
+        """FedAvg's sample size; no wait in ClientManager.sample: :meth:`await_clients` has waited already."""
+        return super().num_evaluation_clients(num_available_clients)[0], 0
+
+    @one_line_errors
+    def await_clients(self, server_round: int, client_manager: ClientManager, stage: str) -> None:
+        """Wait at most train.round-timeout for the expected clients to connect; a ``clients_missing`` event names
+        those still missing, and fewer than train.min-fit-clients stop the run."""
+        algo_round = self.algorithm_round(server_round)
+        expected = self.client_wait.expected
+        available = self.client_wait.wait(client_manager)
+        if available < expected:
+            self.recorder.event("clients_missing", round=algo_round, stage=stage, missing=expected - available,
+                                available=available,
+                                clients=missing_clients(client_manager.all(), self.client_names, self.identities),
+                                reason=f"{available} of {expected} clients connected after waiting up to "
+                                       f"train.round-timeout = {self.cfg.train.round_timeout:g} s")
+            self.recorder.flush()
+        self.client_wait.settle(available, f"round {algo_round} ({stage})")
+
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """Sample clients, attach the round config and count the bytes sent down."""
+        """Wait for the clients (:meth:`await_clients`), sample them, attach the round config and count the bytes sent
+        down."""
+        self.await_clients(server_round, client_manager, "training")
         pairs = super().configure_fit(server_round, parameters, client_manager)
         self.global_weights = parameters_to_ndarrays(parameters)
         self.global_schema = payload.weights_schema(self.global_weights)
@@ -158,6 +191,10 @@ class RecordingFedAvg(FedAvg):
         accepted: list[Upload] = []
         for proxy, res in results:
             client = str(res.metrics.get(protocol.CLIENT_NAME, proxy.cid))
+            if refusal := claim_refusal(self.identities, client, proxy.cid):
+                self.recorder.event("upload_refused", round=algo_round, client=f"node {proxy.cid}", claimed=client,
+                                    reason=refusal)
+                continue
             self.client_names[proxy.cid] = client
             try:
                 if any(upload.client == client for upload in accepted):
@@ -181,11 +218,11 @@ class RecordingFedAvg(FedAvg):
     def record_fit(self, server_round: int, accepted: list[Upload], results: list[tuple[ClientProxy, FitRes]],
                    failed: int) -> None:
         """Record client counts, bytes up and fit metrics of a round (compute time over every client that
-        answered, accepted or refused)."""
+        answered, accepted or refused; DSD teacher shares and the share of DP-clipped uploads averaged over clients)."""
         algo_round = self.algorithm_round(server_round)
         up = [_parameters_bytes(upload.res.parameters) for upload in accepted]
         losses = [v for u in accepted if (v := _number(u.res.metrics.get("train_loss"))) is not None]
-        shares = {key: statistics.fmean(values) for key in ("dsd_share_t1", "dsd_share_t2")
+        shares = {key: statistics.fmean(values) for key in ("dsd_share_t1", "dsd_share_t2", dp.CLIPPED_METRIC)
                   if (values := [v for u in accepted if (v := _number(u.res.metrics.get(key))) is not None])}
         self.recorder.record_round(algo_round, {
             **shares,
@@ -255,7 +292,8 @@ class RecordingFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        """Evaluate on every client, sampled for training or not."""
+        """Evaluate on every connected client (:meth:`await_clients`), sampled for training or not."""
+        self.await_clients(server_round, client_manager, "evaluation")
         self._eval_started = time.perf_counter()
         config = {protocol.ROUND: self.algorithm_round(server_round)}
         return [(client, EvaluateIns(ins.parameters, {**ins.config, **config}))
@@ -292,6 +330,8 @@ class RecordingFedAvg(FedAvg):
             try:
                 name = payload.validate_evaluation(res.metrics, res.num_examples, self.cfg.train.max_client_examples,
                                                    sender)
+                if refusal := claim_refusal(self.identities, name, proxy.cid):
+                    raise ValueError(refusal)
                 if name in names:
                     raise ValueError(f"a second evaluation claims to come from client '{name}'")
             except Exception as exc:  # noqa: BLE001 - a bad report is refused, never fatal

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -17,14 +19,18 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from strategies.base import Failures, RecordingFedAvg
+from warmfed_flwr import protocol
 from warmfed_flwr.checkpoint import Checkpoint, CheckpointStore, RandomState, checkpoint_dir
+
+Ins = TypeVar("Ins", FitIns, EvaluateIns)
 
 
 class CheckpointingStrategy(Strategy):
     """Runs ``inner``, saving a checkpoint once each round's evaluation is recorded.
 
-    Resumed from ``checkpoint``, it starts from the checkpoint's global model and asks no client anything in the
-    server rounds the checkpoint already covers.
+    Resumed from ``checkpoint``, it starts from the checkpoint's global model, asks no client anything in the
+    server rounds the checkpoint already covers, and names the checkpoint's algorithm round in every later instruction
+    (``protocol.RESUME_FROM``) so that each client restores its own state as of that round.
     """
 
     def __init__(self, inner: RecordingFedAvg, store: CheckpointStore, checkpoint: Checkpoint | None = None) -> None:
@@ -50,7 +56,7 @@ class CheckpointingStrategy(Strategy):
         """Nothing for a round the checkpoint covers; the inner strategy's instructions otherwise."""
         if server_round <= self.rounds_done:
             return []
-        return self.inner.configure_fit(server_round, parameters, client_manager)
+        return self.name_resume_round(self.inner.configure_fit(server_round, parameters, client_manager))
 
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
@@ -65,7 +71,14 @@ class CheckpointingStrategy(Strategy):
         if server_round <= self.rounds_done:
             return []
         self._evaluated = parameters
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+        return self.name_resume_round(self.inner.configure_evaluate(server_round, parameters, client_manager))
+
+    def name_resume_round(self, instructions: list[tuple[ClientProxy, Ins]]) -> list[tuple[ClientProxy, Ins]]:
+        """Add the checkpoint's algorithm round to every instruction of a resumed run (a fresh run's are unchanged)."""
+        if self.checkpoint is not None:
+            for _, ins in instructions:
+                ins.config[protocol.RESUME_FROM] = self.checkpoint.algorithm_round
+        return instructions
 
     def aggregate_evaluate(
         self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: Failures

@@ -6,11 +6,13 @@ off), which resolve() applies for algorithm = fgl.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -18,9 +20,10 @@ from torch.utils.data import Dataset
 
 from strategies.base import Failures, RecordingFedAvg, Upload
 from warmfed_flwr import payload, protocol
+from warmfed_flwr.embedding_classes import validate_embedding_classes
 from warmfed_flwr.errors import FederationError, PayloadError
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
-from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX
+from warmfed_flwr.results import PRIVACY_AUDIT_PREFIX, SYNTHETIC_QUALITY_PREFIX
 from warmfed_flwr.runtime import one_line_errors
 from warmfed_flwr.warmstart import SyntheticWarmStart, round0_sample_size
 
@@ -42,9 +45,13 @@ class WarmFedStrategy(RecordingFedAvg):
         self.max_upload_bytes = int(self.cfg.synthesis.max_upload_mb * 2**20)
         """Round-0 size limit: the hard cap until ``round_zero_schema`` derives it from the expected upload."""
         self.has_subset: set[str] = set()
+        self.uploaders: dict[str, str] = {}
+        """Node id -> client name of every accepted round-0 upload: whose synthetic images a node's audit gets."""
         self.upload_schema: payload.Schema = {}
         self.embedding_norm_bound: float | None = None
         """Round-0 limit on a prompt-embedding token vector's L2 norm (:meth:`embedding_norm_limit`)."""
+        self.reference_embeddings: np.ndarray | None = None
+        """The server's own embeddings of the class prompts (:meth:`class_prompt_embeddings`)."""
         self.round0_asked = self.round0_available = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -64,7 +71,7 @@ class WarmFedStrategy(RecordingFedAvg):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Round 0 asks a seeded sample (warmfed.round0-fraction) of the clients; later rounds sample and send weights
-        (+ the subset, to each client in its first globalization round) as a bundle."""
+        (+ the subset and its privacy-audit sample, to each client in its first globalization round) as a bundle."""
         if server_round == 1:
             return self._configure_round0_upload(server_round, client_manager)
         pairs = super().configure_fit(server_round, parameters, client_manager)
@@ -77,11 +84,32 @@ class WarmFedStrategy(RecordingFedAvg):
         for client, ins in pairs:
             first_time = client.cid not in self.has_subset
             self.has_subset.add(client.cid)
-            out.append((client, FitIns(with_subset if first_time else without_subset, ins.config)))
+            audit = self.audit_arrays(client.cid) if first_time else {}
+            if audit:
+                parameters = ndarrays_to_parameters(payload.encode({**model, **subset, **audit}))
+            else:
+                parameters = with_subset if first_time else without_subset
+            out.append((client, FitIns(parameters, ins.config)))
         down = [sum(len(t) for t in ins.parameters.tensors) for _, ins in out]
         self.recorder.record_round(self.algorithm_round(server_round),
                                    {"bytes_down": sum(down), "bytes_down_per_client": max(down, default=0)})
         return out
+
+    def audit_arrays(self, cid: str) -> dict[str, np.ndarray]:
+        """The privacy-audit sample (privacy.audit-images) of the synthetic images made from node ``cid``'s own
+        round-0 upload; empty when it is off or this server saw no accepted upload from the node (not asked in round
+        0, refused, or a run resumed after round 0)."""
+        name = self.uploaders.get(cid)
+        return self.warm_start.audit_arrays(name, self.cfg.privacy.audit_images) if name is not None else {}
+
+    def record_audits(self, accepted: list[Upload]) -> None:
+        """Keep each accepted client's reported privacy-audit metrics (finite numbers only) in the run record."""
+        for upload in accepted:
+            audit = {key: float(value) for key, value in upload.res.metrics.items()
+                     if key.startswith(PRIVACY_AUDIT_PREFIX) and isinstance(value, (int, float))
+                     and not isinstance(value, bool) and math.isfinite(value)}
+            if audit:
+                self.recorder.record_privacy_audit(upload.client, audit)
 
     def round_zero_schema(self) -> payload.Schema:
         """The upload schema the server expects in round 0, and the size limit derived from it (set once)."""
@@ -95,7 +123,7 @@ class WarmFedStrategy(RecordingFedAvg):
         self, server_round: int, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.round_zero_schema()
-        client_manager.wait_for(self.min_available_clients)
+        self.await_clients(server_round, client_manager, "round-0 upload")
         available = dict(sorted(client_manager.all().items()))
         asked = round0_sample_size(len(available), self.cfg.warmfed.round0_fraction, self.min_fit_clients)
         chosen = set(random.Random(self.cfg.seed).sample(list(available), asked))
@@ -123,6 +151,7 @@ class WarmFedStrategy(RecordingFedAvg):
         accepted = self.screen_fit(server_round, results, failures)
         if server_round == 1:
             return self._warm_start(accepted)
+        self.record_audits(accepted)
         if not self.enough_uploads(server_round, accepted):
             return None, {}
         accepted = self.clip_updates(server_round, accepted)
@@ -154,14 +183,24 @@ class WarmFedStrategy(RecordingFedAvg):
                    "server's own class-prompt embeddings")
             payload.validate_row_norms(named[protocol.EMBEDDINGS], protocol.EMBEDDINGS, self.embedding_norm_limit(),
                                        client, why)
+        if syn.check_embedding_classes:
+            validate_embedding_classes(named[protocol.EMBEDDINGS], self.class_prompt_embeddings(),
+                                       self.warm_start.class_names, protocol.EMBEDDINGS, client)
         return named
+
+    def class_prompt_embeddings(self) -> np.ndarray:
+        """The server's own embeddings of the class prompts (without a domain phrase), computed once with its
+        generator: the reference of the round-0 embedding norm bound and class check."""
+        if self.reference_embeddings is None:
+            prompts = class_prompts(self.cfg.generator.prompt_template, self.warm_start.class_names)
+            self.reference_embeddings = prompt_embeddings(self.warm_start.generator(), prompts).numpy()
+        return self.reference_embeddings
 
     def embedding_norm_limit(self) -> float:
         """synthesis.max-embedding-norm-factor x the largest token-vector L2 norm of the server's own embeddings of the
         class prompts (without a domain phrase), computed once with the server's generator."""
         if self.embedding_norm_bound is None:
-            prompts = class_prompts(self.cfg.generator.prompt_template, self.warm_start.class_names)
-            largest = prompt_embeddings(self.warm_start.generator(), prompts).double().norm(dim=-1).max()
+            largest = np.linalg.norm(self.class_prompt_embeddings().astype(np.float64), axis=-1).max()
             self.embedding_norm_bound = self.cfg.synthesis.max_embedding_norm_factor * float(largest)
         return self.embedding_norm_bound
 
@@ -192,6 +231,7 @@ class WarmFedStrategy(RecordingFedAvg):
     @one_line_errors
     def _warm_start(self, accepted: list[Upload]) -> tuple[Parameters | None, dict[str, Scalar]]:
         self.record_left_out(accepted)
+        self.uploaders = {upload.proxy.cid: upload.client for upload in accepted}
         if len(accepted) < self.min_fit_clients:
             raise FederationError(
                 f"round 0 got {len(accepted)} valid upload(s) ({', '.join(u.client for u in accepted) or 'none'}), "

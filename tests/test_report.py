@@ -217,3 +217,23 @@ def test_a_folder_lists_its_runs_in_the_order_compare_ran_them(tmp_path):
               marker("Alpha", 0, date="2026-01-02T10:00:00+00:00"))
     write_run(tmp_path / "beta-s0", {"algorithm": "fedavg", "train.rounds": 1}, rounds)
     assert [Path(p).name for p in expand([str(tmp_path)])] == ["zeta-s0", "alpha-s0", "beta-s0"]
+
+
+def test_runs_with_privacy_audits_get_the_audit_table(tmp_path):
+    for seed, pixel in enumerate([0.5, 0.7]):
+        path = write_run(tmp_path / "runs" / f"warmfed-s{seed}", {"algorithm": "warmfed", "train.rounds": 2,
+                                                                   "seed": seed},
+                         warmfed_rounds(0.5, 0.6, 0.7, (0.3, 0.5)), marker("WarmFed", seed))
+        doc = json.loads((path / "metrics.json").read_text())
+        doc["privacy_audit"] = {
+            "a": {"audit_pixel_closer_share": pixel, "audit_pixel_near_copy_share": 0.1,
+                  "audit_feature_closer_share": 0.5, "audit_feature_near_copy_share": 0.05},
+            "b": {"audit_pixel_closer_share": pixel - 0.2, "audit_pixel_near_copy_share": 0.3 * seed,
+                  "audit_feature_closer_share": 0.7, "audit_feature_near_copy_share": 0.05}}
+        (path / "metrics.json").write_text(json.dumps(doc))
+    out = tmp_path / "global.md"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    markdown = out.read_text()
+    assert "Privacy audit" in markdown
+    assert table_row(markdown.split("Privacy audit")[1], "WarmFed") == [
+        "WarmFed", "50.0 ± 10.0", "12.5 ± 7.5", "60.0 ± 0.0", "5.0 ± 0.0", "30.0"]

@@ -132,16 +132,6 @@ def test_resume_restores_the_record_and_skips_the_rounds_done(tmp_path):
     assert fresh.store.paths() == [], "a fresh run of the same name drops the old checkpoints"
 
 
-@pytest.mark.parametrize(("overrides", "kept"), [
-    ({"algorithm": "local"}, "local models"),
-    ({"personalization.method": "dsd"}, "'dsd' personalized state"),
-    ({"algorithm": "fedavg", "personalization.method": "fedbn"}, "'fedbn' personalized state"),
-])
-def test_client_state_that_checkpoints_do_not_hold_refuses_resume(overrides, kept):
-    with pytest.raises(ConfigError, match=f"'resume' = true cannot restore the clients' {kept}"):
-        resolve({**overrides, "run-name": "r", "resume": True})
-
-
 def test_centralized_cannot_resume():
     with pytest.raises(ConfigError, match="'resume' = true is not supported for 'algorithm' = 'centralized'"):
         resolve({"algorithm": "centralized", "run-name": "r", "resume": True})

@@ -35,7 +35,7 @@ class FakeClientManager:
         self.clients = {cid: SimpleNamespace(cid=cid) for cid in cids}
         self.later_samples = [list(sample) for sample in later_samples]
 
-    def wait_for(self, num_clients: int) -> bool:
+    def wait_for(self, num_clients: int, timeout: float | None = None) -> bool:
         return True
 
     def num_available(self) -> int:

@@ -119,6 +119,15 @@ def test_non_numeric_metrics_do_not_break_the_round(tmp_path):
     assert not {"train_loss", "dsd_share_t1", "dsd_share_t2"} & recorder.rounds[-1].keys()
 
 
+def test_the_share_of_dp_clipped_uploads_is_recorded(tmp_path):
+    strat, recorder = strategy(tmp_path, **{"train.min-fit-clients": 2})
+    results = [fit_res(weights(1.0), "good", 10), fit_res(weights(4.0), "other", 30)]
+    results[0][1].metrics["dp_clipped"] = 1.0
+    results[1][1].metrics["dp_clipped"] = 0.0
+    strat.aggregate_fit(2, results, [])
+    assert recorder.rounds[-1]["dp_clipped"] == 0.5
+
+
 def test_metrics_file_is_strict_json(tmp_path):
     recorder = RunRecorder(tmp_path, {"seed": 0})
     recorder.record_round(1, {"global_acc_pooled": float("nan"), "personal_acc_mean": np.float32(0.5)})

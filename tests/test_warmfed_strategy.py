@@ -113,6 +113,7 @@ CASES = {"missing-key": "lacks", "extra-key": "unexpected", "wrong-shape": "shap
 def test_adapter_of_another_lora_rank_fails_the_round_zero_check(tiny_pipeline_dir, tmp_path):
     strat, _ = strategy(config(tiny_pipeline_dir, tmp_path, **{"lora.rank": 4}), tmp_path)
     expected = {name: np.zeros(shape, np.float32) for name, (shape, _dtype) in strat.round_zero_schema().items()}
+    expected[protocol.EMBEDDINGS] = strat.class_prompt_embeddings()
     assert strat.check_upload(1, "b", fit_res(expected, "b")[1]).keys() == expected.keys()
     lower_rank = adapter_schema(strat.warm_start.generator(), strat.cfg.lora.model_copy(update={"rank": 2}))
     upload = {protocol.EMBEDDINGS: expected[protocol.EMBEDDINGS],
@@ -184,7 +185,8 @@ def test_clients_with_identical_prompts_get_distinct_images(uploads, tiny_pipeli
 def _globalize_bundle(strat, client_manager_clients, parameters):
     manager = SimpleNamespace(num_available=lambda: len(client_manager_clients),
                               sample=lambda num_clients, min_num_clients: client_manager_clients,
-                              wait_for=lambda n: True)
+                              wait_for=lambda n, timeout=None: True,
+                              all=lambda: {c.cid: c for c in client_manager_clients})
     return strat.configure_fit(2, parameters, manager)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from flwr.client import Client, ClientApp
 from flwr.common import Context
 
-from clients.base import FederatedClient, LocalOnlyClient
+from clients.base import RESUMABLE_STATE, FederatedClient, LocalOnlyClient
+from clients.state import ClientStateStore, PersistentStateClient, client_state_dir
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import load_client
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.runtime import cache_dir, one_line_errors
+from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir
 from warmfed_flwr.training import resolve_device, seed_everything
 
 
@@ -24,7 +25,10 @@ def client_class(algorithm: str) -> type[FederatedClient]:
 
 @one_line_errors
 def client_fn(context: Context) -> Client:
-    """Build this node's client from its partition-id, loading only that partition (cached on disk)."""
+    """Build this node's client from its partition-id, loading only that partition (cached on disk).
+
+    A named run (``run-name``: one that can be resumed) keeps the client's state snapshots under its run directory.
+    """
     cfg = resolve(dict(context.run_config))
     partition_id = int(context.node_config.get("partition-id", 0))
     num_partitions = int(context.node_config.get("num-partitions", cfg.data.num_clients))
@@ -37,7 +41,10 @@ def client_fn(context: Context) -> Client:
     class_names, split = load_client(cfg.data, cfg.seed, cache_dir(cfg), partition_id)
     device = resolve_device(cfg.device)
     client = client_class(cfg.algorithm)(cfg, class_names, split, partition_id, context, device, cache_dir(cfg))
-    return client.to_client()
+    if not cfg.run_name:
+        return client.to_client()
+    store = ClientStateStore(client_state_dir(run_dir(cfg), split.name))
+    return PersistentStateClient(client.to_client(), context, store, RESUMABLE_STATE)
 
 
 app = ClientApp(client_fn=client_fn)

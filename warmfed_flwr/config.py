@@ -194,10 +194,6 @@ def _cross_checks(cfg: ExperimentConfig) -> None:
     cfg.synthesis.device_list()
     if cfg.resume and not cfg.run_name:
         raise ConfigError("config key 'resume' = true needs 'run-name': the run directory whose checkpoint to resume")
-    if cfg.resume and (cfg.algorithm == "local" or cfg.personalization.method != "none"):
-        kept = "local models" if cfg.algorithm == "local" else f"'{cfg.personalization.method}' personalized state"
-        raise ConfigError(f"config key 'resume' = true cannot restore the clients' {kept} (kept in client memory, "
-                          "not in server checkpoints); run it again from the start")
     if cfg.resume and cfg.algorithm == "centralized":
         raise ConfigError("config key 'resume' = true is not supported for 'algorithm' = 'centralized': "
                           "its server-side model is not checkpointed; run it again from the start")

@@ -17,9 +17,12 @@ from warmfed_flwr.errors import ConfigError
 
 Algorithm = Literal["fedavg", "fedprox", "local", "centralized", "fgl", "warmfed"]
 Personalization = Literal["none", "dsd", "pfedsd", "ditto", "fedbn"]
-Fault = Literal["none", "raise", "hang", "exit", "nan", "wrong-shape", "extra-key", "oversize", "absurd-examples"]
+Fault = Literal["none", "raise", "hang", "exit", "nan", "wrong-shape", "extra-key", "oversize", "absurd-examples",
+                "scale", "sign-flip", "lie-examples", "swap-rows", "huge-adapter"]
 
 GENERATIVE_ALGORITHMS = ("warmfed", "fgl")
+UPLOADING_ALGORITHMS = ("fedavg", "fedprox", "fgl", "warmfed")
+"""The algorithms whose clients upload to a server that uses what they send (local-only's server ignores it)."""
 PERSONALIZING_METHODS = tuple(m for m in typing.get_args(Personalization) if m != "none")
 
 
@@ -104,8 +107,10 @@ class TrainConfig(Section):
                                json_schema_extra=used_when("algorithm", ["fedprox"]))
     centralized_epochs: int = Field(5, ge=0, description="epochs per round the server trains on the pooled data",
                                     json_schema_extra=used_when("algorithm", ["centralized"]))
-    round_timeout: float = Field(3600.0, ge=0, description="seconds a round waits for client replies; late clients "
-                                 "count as failed (0 = forever)")
+    round_timeout: float = Field(3600.0, ge=0, description="seconds a round waits for client replies (late clients "
+                                 "count as failed) and, before it starts, for missing clients to connect: it then goes "
+                                 "on with those connected when at least train.min-fit-clients are, and stops the run "
+                                 "when fewer are (0 = forever)")
     max_client_examples: int = Field(1_000_000, ge=0, description="uploads claiming more training examples (or "
                                      "fewer than 1) are refused")
     augment: Literal["none", "flip-crop"] = Field(
@@ -128,6 +133,10 @@ class TrainConfig(Section):
         "average. Counts are the clients' own claims, in simulation too: the server loads no partition to check them")
     example_cap_factor: float = Field(2.0, gt=1, description="train.example-weighting = capped: a count counts at "
                                       "most this many times the low median of the round's counts")
+    identity_file: str = Field("", description="deployment with SuperNode authentication: absolute path of a YAML "
+                               "or JSON mapping client name -> Flower node id (as `flwr supernode register` prints "
+                               "it); a name claimed by any other node is refused. \"\" = off: the first claim of a "
+                               "name wins")
 
 
 class GeneratorConfig(Section):
@@ -195,6 +204,9 @@ class SynthesisConfig(Section):
                                              "token vector whose L2 norm exceeds this x the largest one of the "
                                              "server's own embeddings of the class prompts are refused (real ones: "
                                              "about 1.0 x)")
+    check_embedding_classes: bool = Field(True, description="round-0 prompt embeddings are refused unless each "
+                                          "class row matches the server's own embedding of that class's prompt best "
+                                          "(catches swapped rows, a label flip of the synthetic images)")
     quality_check: bool = Field(True, description="simulation diagnostic: score each client's synthetic images on "
                                 "its real test split")
     devices: str = Field("", description="server synthesis devices: \"\" = the run's device; 'cuda:0,cuda:1' = one "
@@ -233,6 +245,37 @@ class WarmFedConfig(Section):
                                 "this (1.0 = the paper read literally)")
     client_syn_mode: Literal["before", "mixed"] = Field(
         "before", description="before: synthetic epochs, then private (paper); mixed: one pass over both at train.lr")
+
+
+class PrivacyConfig(Section):
+    """Privacy measures and audits (docs/algorithm.md)."""
+
+    audit_images: int = Field(100, ge=0, description="0 = off; synthetic images made from each client's own round-0 "
+                              "upload sent to it once (first globalization round) to audit memorisation against its "
+                              "private train and test splits; only scalars come back",
+                              json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
+    noise_multiplier: float = Field(0.0, ge=0, description="0 = off; >0: local differential privacy on every "
+                                    "upload (warmfed_flwr/dp.py): each clipped part gets Gaussian noise of std this x "
+                                    "its clip norm, seeded by the client and round; no privacy accountant. The server "
+                                    "refuses noisy round-0 uploads from about 0.2 (default clip norms): then raise "
+                                    "synthesis.max-embedding-norm-factor above ~2 x this x privacy.embedding-clip-norm "
+                                    "and set synthesis.check-embedding-classes = false; from about 0.5 also raise "
+                                    "synthesis.max-adapter-abs above ~5 x this x privacy.adapter-clip-norm (a bound "
+                                    "of 0 is off)",
+                                    json_schema_extra=used_when("algorithm", UPLOADING_ALGORITHMS))
+    clip_norm: float = Field(5.0, gt=0, description="privacy.noise-multiplier > 0: rounds >= 1 clip the client's "
+                             "update (its weights minus the global weights it got, floating-point arrays together; "
+                             "integer BatchNorm counters untouched) to this L2 norm before noising (measured on the "
+                             "default digits run, round 1: WarmFed 2.0-4.9, FedAvg from the random init 8.8-9.3)",
+                             json_schema_extra=used_when("algorithm", UPLOADING_ALGORITHMS))
+    adapter_clip_norm: float = Field(40.0, gt=0, description="privacy.noise-multiplier > 0: round 0 clips the LoRA "
+                                     "adapter (all its tensors together) to this L2 norm before noising (measured at "
+                                     "the default LoRA config: 36.8-38.4)",
+                                     json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
+    embedding_clip_norm: float = Field(28.0, gt=0, description="privacy.noise-multiplier > 0: round 0 clips each "
+                                       "class's prompt-embedding row [tokens x dim] to this L2 norm before noising "
+                                       "(measured with the tiny generator: 26.2-28.0)",
+                                       json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
 
 
 class PersonalizationConfig(Section):
@@ -306,6 +349,7 @@ class ExperimentConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     warmfed: WarmFedConfig = Field(default_factory=WarmFedConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     faults: FaultConfig = Field(default_factory=FaultConfig)
 

@@ -16,6 +16,9 @@ STAGE_GLOBALIZE = "globalize"
 ROUND = "round"
 """FitIns/EvaluateIns config key: the algorithm's round (0 = WarmFed/FGL warm start)."""
 TOTAL_ROUNDS = "total-rounds"
+RESUME_FROM = "resume-from"
+"""FitIns/EvaluateIns config key of a resumed run only: the algorithm round of the server checkpoint it continues;
+a client restores its own state as of that round (clients/state.py)."""
 PROXIMAL_MU = "proximal-mu"
 
 ADAPTER_PREFIX = "adapter."
@@ -23,6 +26,9 @@ EMBEDDINGS = "embeddings"
 MODEL_PREFIX = "model."
 SYNTHETIC_IMAGES = "synthetic.images"
 SYNTHETIC_LABELS = "synthetic.labels"
+AUDIT_IMAGES = "audit.images"
+"""Bundle entry: a seeded sample of the synthetic images made from the receiving client's own round-0 upload
+(uint8 [N, 3, H, W]), sent with its first globalization round for its privacy audit (privacy.audit-images)."""
 
 CLIENT_NAME = "client"
 """Metric key: the client's name (its domain under the domain partition)."""

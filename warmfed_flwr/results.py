@@ -9,7 +9,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 
 SYNTHETIC_QUALITY_PREFIX = "synthetic_quality_"
 """Round-0 metric per client: a classifier trained on its synthetic images, accuracy on its real test split."""
+PRIVACY_AUDIT_PREFIX = "audit_"
+"""Fit metrics a client reports from its privacy audit (warmfed_flwr/privacy_audit.py), kept per client."""
+AUDIT_COLUMNS = {"pixel closer-share": "audit_pixel_closer_share",
+                 "pixel near-copy": "audit_pixel_near_copy_share",
+                 "feature closer-share": "audit_feature_closer_share",
+                 "feature near-copy": "audit_feature_near_copy_share"}
 
 
 def strict_json(value: Any) -> Any:
@@ -56,6 +62,8 @@ class RunRecorder:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    privacy_audit: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Each client's privacy-audit metrics, by client name."""
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -81,16 +89,22 @@ class RunRecorder:
         row.update(metrics)
         self.flush()
 
+    def record_privacy_audit(self, client: str, metrics: dict[str, float]) -> None:
+        """Keep ``client``'s privacy-audit metrics and rewrite the files."""
+        self.privacy_audit[client] = dict(metrics)
+        self.flush()
+
     def history(self) -> dict[str, Any]:
-        """What a checkpoint keeps of this record: rounds, events, seconds per stage and in total."""
+        """What a checkpoint keeps of this record: rounds, events, privacy audits, seconds per stage and in total."""
         return {"rounds": self.rounds, "events": self.events, "stage_seconds": self.stage_seconds,
-                "elapsed_seconds": time.perf_counter() - self.started}
+                "privacy_audit": self.privacy_audit, "elapsed_seconds": time.perf_counter() - self.started}
 
     def restore(self, history: dict[str, Any]) -> None:
         """Continue from a checkpoint's :meth:`history`, dropping whatever was recorded after it."""
         self.rounds = [dict(row) for row in history["rounds"]]
         self.events = [dict(event) for event in history["events"]]
         self.stage_seconds = dict(history["stage_seconds"])
+        self.privacy_audit = {client: dict(m) for client, m in history.get("privacy_audit", {}).items()}
         self.started = time.perf_counter() - float(history["elapsed_seconds"])
         self.flush()
 
@@ -99,7 +113,8 @@ class RunRecorder:
         total = time.perf_counter() - self.started
         accounted = sum(self.stage_seconds.values())
         timing = {**self.stage_seconds, "other": max(total - accounted, 0.0), "total": total}
-        doc = {"config": self.config, "rounds": self.rounds, "time_seconds": timing, "events": self.events}
+        doc = {"config": self.config, "rounds": self.rounds, "time_seconds": timing, "events": self.events,
+               **({"privacy_audit": self.privacy_audit} if self.privacy_audit else {})}
         _atomic_write(self.directory / "metrics.json", json.dumps(strict_json(doc), indent=1, allow_nan=False))
         columns = sorted({k for r in self.rounds for k in r}, key=lambda k: (k != "round", k))
         tmp = self.directory / "metrics.csv.tmp"
@@ -112,7 +127,7 @@ class RunRecorder:
     def finish(self) -> str:
         """Write summary.md and accuracy.png; return the summary text."""
         self.flush()
-        summary = summarize(self.rounds, self.config, self.stage_seconds, self.events)
+        summary = summarize(self.rounds, self.config, self.stage_seconds, self.events, self.privacy_audit)
         _atomic_write(self.directory / "summary.md", summary)
         plot_accuracy(self.rounds, self.directory / "accuracy.png")
         return summary
@@ -136,9 +151,11 @@ def _series(rounds: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
 
 
 def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_seconds: dict[str, float],
-              events: Sequence[dict[str, Any]] = ()) -> str:
-    """A markdown summary: pooled and per-domain global accuracy, personalized accuracy, bytes, time, and the
-    run's events (refused, failed or unsampled clients, domains left out of the synthetic set)."""
+              events: Sequence[dict[str, Any]] = (), privacy_audit: Mapping[str, Mapping[str, float]] | None = None,
+              ) -> str:
+    """A markdown summary: pooled and per-domain global accuracy, personalized accuracy, the clients' privacy
+    audits, bytes, time, and the run's events (refused, failed or unsampled clients, domains left out of the
+    synthetic set)."""
     lines = [f"# {run_title(config)}", ""]
     evaluated = [r for r in rounds if "global_acc_pooled" in r]
     if evaluated:
@@ -169,6 +186,7 @@ def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_second
                   f"Last (round {last['round']}): mean {_fmt(last['personal_acc_mean'])} "
                   f"+- {_fmt(last.get('personal_acc_std', float('nan')))}; best (round {best['round']}): "
                   f"{_fmt(best['personal_acc_mean'])}.", ""]
+    lines += privacy_audit_section(privacy_audit or {})
     up = sum(r.get("bytes_up", 0) for r in rounds)
     down = sum(r.get("bytes_down", 0) for r in rounds)
     lines += ["## Communication and time", "", f"Bytes up: {up:,}; bytes down: {down:,}.", ""]
@@ -182,6 +200,22 @@ def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_second
                   + "".join(f"; {key}: {value}" for key, value in event.items() if key not in ("round", "kind"))
                   for event in events]
     return "\n".join(lines) + "\n"
+
+
+def privacy_audit_section(audits: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The "Privacy audit" section: per client, the shares of its audited synthetic images closer to a train image
+    than to a test image and flagged as near-copies, in pixel and feature space; none without audits."""
+    if not audits:
+        return []
+    lines = ["## Privacy audit", "",
+             "Synthetic images made from each client's own upload, measured on the client against its private train "
+             "and test images (shares in %): a closer-share of 50 (0.5) = no sign of memorisation, 100 = copies; "
+             "near-copy is about 5 without memorisation.", "",
+             "| client | " + " | ".join(AUDIT_COLUMNS) + " |", "|---" * (len(AUDIT_COLUMNS) + 1) + "|"]
+    for client in sorted(audits, key=natural_key):
+        cells = [_fmt(float(audits[client].get(key, float("nan")))) for key in AUDIT_COLUMNS.values()]
+        lines.append(f"| {client} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def plot_accuracy(rounds: list[dict[str, Any]], path: Path) -> None:

@@ -431,6 +431,17 @@ class SyntheticWarmStart:
         return {protocol.SYNTHETIC_IMAGES: np.ascontiguousarray(self.subset.images.transpose(0, 3, 1, 2)),
                 protocol.SYNTHETIC_LABELS: np.asarray(self.subset.labels, dtype=np.int64)}
 
+    def audit_arrays(self, client: str, count: int) -> dict[str, np.ndarray]:
+        """A seeded sample of at most ``count`` synthetic images made from ``client``'s own upload (``sources``
+        records each image's client), as the named array sent to that client once for its privacy audit; empty when
+        ``count`` is 0 or no image came from ``client``."""
+        assert self.synthetic is not None, "build_synthetic must run first"
+        own = np.flatnonzero(np.array(self.synthetic.sources) == client)
+        if not count or not len(own):
+            return {}
+        chosen = np.sort(np.random.default_rng(self.cfg.seed).choice(own, min(count, len(own)), replace=False))
+        return {protocol.AUDIT_IMAGES: np.ascontiguousarray(self.synthetic.images[chosen].transpose(0, 3, 1, 2))}
+
     def _train(self, dataset: Dataset, epochs: int, seed: int, lr_scale: float = 1.0,
                freeze_bn_stats: bool = False, objective: Objective = cross_entropy) -> None:
         t = self.cfg.train

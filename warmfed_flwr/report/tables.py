@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 from warmfed_flwr.report.collect import by_variant, finite, is_personal, ok_records
+from warmfed_flwr.results import AUDIT_COLUMNS
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -162,6 +163,26 @@ def quality_table(records: list[dict[str, Any]]) -> list[str]:
             *markdown_table(["method", *domains, "mean"], rows)]
 
 
+def privacy_table(records: list[dict[str, Any]]) -> list[str]:
+    """The clients' privacy audits per variant: each share is the mean over clients, then mean ± std over seeds; the
+    last column the largest pixel near-copy share of any client and seed ([] when no run recorded an audit)."""
+    ok = [r for r in ok_records(records) if r.get("privacy_audit")]
+    if not ok:
+        return []
+    rows = []
+    for name, group in by_variant(ok).items():
+        per_run = [{key: statistics.fmean(client[key] for client in r["privacy_audit"].values() if key in client)
+                    for key in AUDIT_COLUMNS.values()} for r in group]
+        worst = max(client.get("audit_pixel_near_copy_share", 0.0) for r in group
+                    for client in r["privacy_audit"].values())
+        rows.append([name, *[pct_cell([run[key] for run in per_run]) for key in AUDIT_COLUMNS.values()],
+                     f"{100 * worst:.1f}"])
+    return ["", "Privacy audit (synthetic images made from each client's own upload against that client's private "
+            "train and test images; %): closer-share 50 = no sign of memorisation, 100 = copies; near-copy about 5 "
+            "without memorisation:", "",
+            *markdown_table(["method", *AUDIT_COLUMNS, "largest pixel near-copy of a client"], rows)]
+
+
 def personal_table(records: list[dict[str, Any]]) -> list[str]:
     """The personalization table."""
     clients = client_names(ok_records(records), "personal_acc_")
@@ -172,6 +193,6 @@ def personal_table(records: list[dict[str, Any]]) -> list[str]:
 
 def tables(records: list[dict[str, Any]]) -> list[str]:
     """The tables the runs call for: personalized models when any run evaluated them, else the global model;
-    then synthetic data quality when any run recorded it."""
+    then synthetic data quality and the privacy audit when any run recorded them."""
     main = personal_table(records) if is_personal(records) else global_table(records)
-    return main + quality_table(records)
+    return main + quality_table(records) + privacy_table(records)

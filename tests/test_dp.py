@@ -1,0 +1,179 @@
+"""Local differential privacy on uploads: clipping, Gaussian noise, seeding and the clients' upload points."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import RecordDict
+from flwr.common import Context
+
+from clients import warmfed as warmfed_client_module
+from clients.base import FederatedClient, LocalOnlyClient
+from clients.warmfed import WarmFedClient
+from tests.fake_digits import install_fake_digits
+from warmfed_flwr import dp, payload, protocol
+from warmfed_flwr.config import key_is_used, resolve
+from warmfed_flwr.data import load_client
+from warmfed_flwr.models import build_model
+from warmfed_flwr.training import get_weights
+
+DP_KEYS = ("privacy.noise-multiplier", "privacy.clip-norm", "privacy.adapter-clip-norm", "privacy.embedding-clip-norm")
+
+
+def norm(tensors: list[np.ndarray]) -> float:
+    return float(np.sqrt(sum(np.sum(t.astype(np.float64) ** 2) for t in tensors)))
+
+
+def float_update(weights: list[np.ndarray], start: list[np.ndarray]) -> list[np.ndarray]:
+    return [w.astype(np.float64) - s for w, s in zip(weights, start, strict=True)
+            if np.issubdtype(w.dtype, np.floating)]
+
+
+def round0_upload(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {protocol.EMBEDDINGS: rng.normal(0, 1, (3, 4, 8)).astype(np.float32),
+            protocol.ADAPTER_PREFIX + "a": rng.normal(0, 1, (5, 6)).astype(np.float32),
+            protocol.ADAPTER_PREFIX + "b": rng.normal(0, 1, (7,)).astype(np.float32)}
+
+
+# --- the functions ------------------------------------------------------------------------------------------------
+
+def test_clipping_bounds_the_joint_norm_exactly_and_keeps_the_direction():
+    tensors = [np.full((4, 4), 3.0, np.float32), np.full(9, -2.0, np.float32)]
+    clipped, cut = dp.clip_and_noise(tensors, 5.0, 0.0, dp.round_rng(0, 1))
+    assert cut and norm(clipped) == pytest.approx(5.0, rel=1e-6)
+    scale = clipped[0][0, 0] / 3.0
+    assert np.allclose(clipped[1], -2.0 * scale) and [c.dtype for c in clipped] == [np.float32, np.float32]
+
+
+def test_noise_std_is_the_multiplier_times_the_clip_norm():
+    zeros = [np.zeros((200, 500))]
+    noised, cut = dp.clip_and_noise(zeros, 2.0, 1.5, dp.round_rng(7, 3))
+    assert not cut
+    assert noised[0].std() == pytest.approx(3.0, rel=0.01) and abs(noised[0].mean()) < 0.02
+
+
+def test_zero_noise_and_a_large_clip_leave_every_upload_unchanged():
+    rng = np.random.default_rng(0)
+    named = round0_upload(rng)
+    private, cut = dp.privatize_round0(named, 1e6, 1e6, 0.0, dp.round_rng(0, 0))
+    assert not cut and all(np.array_equal(private[k], named[k]) for k in named)
+    start = [rng.normal(0, 1, (3, 3)).astype(np.float32), np.array(5, np.int64)]
+    weights = [start[0] + 0.25, np.array(6, np.int64)]
+    update, cut = dp.privatize_update(weights, start, 1e6, 0.0, dp.round_rng(0, 1))
+    assert not cut and np.allclose(update[0], weights[0], atol=1e-6) and update[1] == 6
+
+
+def test_integer_arrays_are_untouched_and_only_the_float_update_is_clipped():
+    start = [np.zeros((10, 10), np.float32), np.array(3, np.int64), np.ones(4, np.float32)]
+    weights = [np.full((10, 10), 2.0, np.float32), np.array(40, np.int64), np.full(4, 3.0, np.float32)]
+    private, cut = dp.privatize_update(weights, start, 1.0, 0.0, dp.round_rng(0, 1))
+    assert cut and private[1] == 40 and private[1].dtype == np.int64
+    assert norm(float_update(private, start)) == pytest.approx(1.0, rel=1e-5)
+    noised, _ = dp.privatize_update(weights, start, 1.0, 0.5, dp.round_rng(0, 1))
+    assert noised[1] == 40 and not np.allclose(noised[0], private[0])
+
+
+def test_round0_clips_the_adapter_together_and_each_embedding_row_alone():
+    named = round0_upload(np.random.default_rng(1))
+    named[protocol.EMBEDDINGS][1] *= 100
+    private, cut = dp.privatize_round0(named, 2.0, 3.0, 0.0, dp.round_rng(0, 0))
+    adapter = [private[k] for k in named if k.startswith(protocol.ADAPTER_PREFIX)]
+    assert cut and norm(adapter) == pytest.approx(2.0, rel=1e-6)
+    rows = np.linalg.norm(private[protocol.EMBEDDINGS].reshape(3, -1), axis=1)
+    assert rows == pytest.approx([3.0, 3.0, 3.0], rel=1e-6)
+    small = {protocol.EMBEDDINGS: named[protocol.EMBEDDINGS][[0]]}
+    row_norm = norm([small[protocol.EMBEDDINGS]])
+    kept, cut = dp.privatize_round0(small, 2.0, row_norm * 2, 0.0, dp.round_rng(0, 0))
+    assert not cut and np.array_equal(kept[protocol.EMBEDDINGS], small[protocol.EMBEDDINGS])
+
+
+def test_the_same_client_and_round_give_the_same_noise_and_others_differ():
+    named = round0_upload(np.random.default_rng(2))
+    first = dp.privatize_round0(named, 1.0, 1.0, 0.3, dp.round_rng(5, 0))[0]
+    again = dp.privatize_round0(named, 1.0, 1.0, 0.3, dp.round_rng(5, 0))[0]
+    other = dp.privatize_round0(named, 1.0, 1.0, 0.3, dp.round_rng(6, 0))[0]
+    assert all(np.array_equal(first[k], again[k]) for k in named)
+    assert not np.allclose(first[protocol.EMBEDDINGS], other[protocol.EMBEDDINGS])
+    assert not np.allclose(dp.round_rng(5, 1).normal(size=8), dp.round_rng(5, 2).normal(size=8))
+
+
+# --- config -------------------------------------------------------------------------------------------------------
+
+def test_dp_is_off_by_default_and_its_keys_count_for_uploading_algorithms_only():
+    assert resolve({}).privacy.noise_multiplier == 0
+    for algorithm in ("fedavg", "fedprox", "fgl", "warmfed"):
+        cfg = resolve({"algorithm": algorithm})
+        assert key_is_used(cfg, "privacy.noise-multiplier") and key_is_used(cfg, "privacy.clip-norm")
+    for algorithm in ("fgl", "warmfed"):
+        assert all(key_is_used(resolve({"algorithm": algorithm}), key) for key in DP_KEYS)
+    fedavg = resolve({"algorithm": "fedavg"})
+    assert not any(key_is_used(fedavg, key) for key in ("privacy.adapter-clip-norm", "privacy.embedding-clip-norm"))
+    for algorithm in ("local", "centralized"):
+        assert not any(key_is_used(resolve({"algorithm": algorithm}), key) for key in DP_KEYS)
+
+
+# --- the upload points --------------------------------------------------------------------------------------------
+
+def fake_client(cls: type[FederatedClient], monkeypatch: pytest.MonkeyPatch, tmp_path, **overrides):
+    install_fake_digits(monkeypatch, [60, 60, 60, 60], shuffle_labels=True)
+    cfg = resolve({"device": "cpu", "data.max-per-domain": 60, "train.local-epochs": 1, **overrides})
+    class_names, split = load_client(cfg.data, cfg.seed, tmp_path / "cache", 0)
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    return cls(cfg, class_names, split, 0, context, torch.device("cpu"), tmp_path / "cache")
+
+
+ROUND1 = {protocol.ROUND: 1, protocol.TOTAL_ROUNDS: 3}
+
+
+def test_a_client_fit_with_dp_uploads_an_update_within_the_clip_plus_its_noise(monkeypatch, tmp_path):
+    client = fake_client(FederatedClient, monkeypatch, tmp_path, **{
+        "algorithm": "fedavg", "privacy.noise-multiplier": 0.01, "privacy.clip-norm": 0.5, "train.lr": 0.1})
+    start = get_weights(build_model(client.cfg.model, len(client.class_names)))
+    weights, _, metrics = client.fit(start, ROUND1)
+    update = float_update(weights, start)
+    values = sum(u.size for u in update)
+    noise = 0.01 * 0.5 * np.sqrt(values)
+    assert metrics[dp.CLIPPED_METRIC] == 1
+    assert norm(update) == pytest.approx(np.hypot(0.5, noise), rel=0.05)
+    ints = [i for i, w in enumerate(start) if not np.issubdtype(w.dtype, np.floating)]
+    assert ints and all(weights[i] == get_weights(client.model)[i] for i in ints)
+    again = fake_client(FederatedClient, monkeypatch, tmp_path / "again", **{
+        "algorithm": "fedavg", "privacy.noise-multiplier": 0.01, "privacy.clip-norm": 0.5, "train.lr": 0.1})
+    assert all(np.array_equal(a, b) for a, b in zip(weights, again.fit(start, ROUND1)[0], strict=True))
+
+
+def test_without_dp_a_client_uploads_its_trained_weights_and_no_dp_metric(monkeypatch, tmp_path):
+    client = fake_client(FederatedClient, monkeypatch, tmp_path, algorithm="fedavg")
+    start = get_weights(build_model(client.cfg.model, len(client.class_names)))
+    weights, _, metrics = client.fit(start, ROUND1)
+    assert dp.CLIPPED_METRIC not in metrics
+    assert all(np.array_equal(a, b) for a, b in zip(weights, get_weights(client.model), strict=True))
+
+
+def test_local_only_clients_get_no_dp(monkeypatch, tmp_path):
+    client = fake_client(LocalOnlyClient, monkeypatch, tmp_path, **{"algorithm": "local",
+                                                                    "privacy.noise-multiplier": 1.0})
+    start = get_weights(build_model(client.cfg.model, len(client.class_names)))
+    weights, _, metrics = client.fit(start, ROUND1)
+    assert dp.CLIPPED_METRIC not in metrics
+    assert all(np.array_equal(a, b) for a, b in zip(weights, get_weights(client.model), strict=True))
+
+
+def test_warmfed_round0_and_globalization_uploads_are_clipped_and_noised(monkeypatch, tmp_path):
+    named = round0_upload(np.random.default_rng(3))
+    monkeypatch.setattr(warmfed_client_module, "client_upload", lambda *args, **kwargs: (named, {}))
+    monkeypatch.setattr(warmfed_client_module, "globalize_client", lambda model, *args: 0.0)
+    client = fake_client(WarmFedClient, monkeypatch, tmp_path, **{
+        "privacy.noise-multiplier": 0.0001, "privacy.adapter-clip-norm": 1.0, "privacy.embedding-clip-norm": 2.0,
+        "privacy.clip-norm": 0.1})
+    sent, _, metrics = client.fit([], {protocol.STAGE: protocol.STAGE_ROUND0_UPLOAD, protocol.ROUND: 0})
+    upload = payload.decode(sent, "client")
+    assert metrics[dp.CLIPPED_METRIC] == 1
+    assert norm([upload[k] for k in named if k.startswith(protocol.ADAPTER_PREFIX)]) == pytest.approx(1.0, rel=1e-2)
+    rows = np.linalg.norm(upload[protocol.EMBEDDINGS].reshape(3, -1), axis=1)
+    assert rows == pytest.approx([2.0, 2.0, 2.0], rel=1e-2)
+    start = get_weights(build_model(client.cfg.model, len(client.class_names)))
+    moved = [w + 1.0 if np.issubdtype(w.dtype, np.floating) else w for w in start]
+    monkeypatch.setattr(client, "get_parameters", lambda config: moved)
+    bundle = payload.encode(payload.with_prefix(payload.weights_to_named(start), protocol.MODEL_PREFIX))
+    weights, _, metrics = client.fit(bundle, {protocol.STAGE: protocol.STAGE_GLOBALIZE, **ROUND1})
+    assert metrics[dp.CLIPPED_METRIC] == 1 and norm(float_update(weights, start)) < 0.2

@@ -81,6 +81,8 @@ def run_config(case: Case, args: argparse.Namespace, run_dir: Path, generator_ba
         "warmfed.warm-epochs": 1, "cache-dir": str(args.cache_dir), "faults.kind": case.injected,
         **(PLAIN if case.plain else {**ROBUST, "train.clip-norm": args.clip_norm}),
     }
+    if case.kind == "lie-examples" and not case.plain:
+        config["train.aggregation"] = "mean"  # the median ignores counts: capped weighting only acts in the mean
     if case.injected != "none":
         config.update({"faults.clients": str(FAULTY), "faults.rounds": str(case.round)})
     if case.kind == "hang":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ logger = logging.getLogger(__name__)
 PERSONAL = "personal"
 POOL = "dsd-pool"
 LOCAL_BN = "fedbn-local"
-RESUMABLE_STATE = (PERSONAL, POOL, LOCAL_BN)
+DP_SECRET = "dp-secret"
+RESUMABLE_STATE = (PERSONAL, POOL, LOCAL_BN, DP_SECRET)
 """``context.state`` keys snapshotted on disk after every fit so that a resumed run restores them (clients/state.py);
 WarmFed's synthetic subset is not one: the server sends it again after a resume."""
 
@@ -76,9 +78,22 @@ class FederatedClient(NumPyClient):
         privacy = self.cfg.privacy
         if not privacy.noise_multiplier or not key_is_used(self.cfg, "privacy.noise-multiplier"):
             return weights, {}
-        private, clipped = dp.privatize_update(weights, global_weights, privacy.clip_norm, privacy.noise_multiplier,
-                                               dp.round_rng(self.seed, algo_round))
+        private, clipped = dp.privatize_update(weights, global_weights, list(self.model.state_dict()),
+                                               privacy.clip_norm, privacy.noise_multiplier,
+                                               dp.round_rng(self.noise_secret(), algo_round))
         return private, {dp.CLIPPED_METRIC: int(clipped)}
+
+    def noise_secret(self) -> int:
+        """This client's DP noise secret: the node config's ``dp-secret`` (an integer, for reproducible runs), else
+        one drawn from the OS once and kept in the client state (and its resume snapshots)."""
+        given = self.context.node_config.get(DP_SECRET)
+        if given is not None:
+            return int(given)
+        kept = load_arrays(self.context, DP_SECRET)
+        if kept is None:
+            kept = {DP_SECRET: np.array([secrets.randbits(63)], dtype=np.int64)}
+            save_arrays(self.context, DP_SECRET, kept)
+        return int(kept[DP_SECRET][0])
 
     def identity(self) -> dict[str, Scalar]:
         """Metrics that name this client."""

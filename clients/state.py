@@ -2,7 +2,7 @@
 disk, so that a resumed run continues each client from its state as of the server checkpoint's round.
 
 Flower keeps ``context.state`` for one run only. :class:`PersistentStateClient` writes the listed state keys after
-every fit to ``<run dir>/checkpoints/clients/<client name>/round-<algorithm round>.npz`` (atomically, the newest two
+every fit to ``<run dir>/checkpoints/clients/<client name>/round-<algorithm round>.npz`` (atomically, the newest four
 kept). A resumed run's server sends :data:`protocol.RESUME_FROM` (its checkpoint's algorithm round) with every
 instruction; on its first message of the run the client restores its newest snapshot at or before that round and drops
 later ones (written after the checkpoint, before the run was killed). A fresh run's first message clears them.
@@ -32,7 +32,7 @@ from flwr.common import (
 )
 
 from warmfed_flwr import protocol
-from warmfed_flwr.checkpoint import checkpoint_dir
+from warmfed_flwr.checkpoint import KEEP, checkpoint_dir
 from warmfed_flwr.data.cache_files import UNREADABLE, read_npz, save_npz_atomic
 from warmfed_flwr.errors import CheckpointError
 from warmfed_flwr.runtime import one_line_errors
@@ -40,7 +40,9 @@ from warmfed_flwr.runtime import one_line_errors
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
-KEEP_SNAPSHOTS = 2
+KEEP_SNAPSHOTS = KEEP + 1
+"""One more than the server keeps checkpoints: a resume that falls back to the oldest readable checkpoint still finds
+the clients' state of its round, although clients may have saved one round past the newest checkpoint."""
 RUN_STARTED = "client-state-run-started"
 """``context.state`` key set by a node's first message of a run, once its snapshots were cleared or restored."""
 _SNAPSHOT = re.compile(r"^round-(\d+)\.npz$")
@@ -131,8 +133,12 @@ def start_run(context: Context, store: ClientStateStore, resume_from: int | None
     if resume_from is None:
         store.drop_after(-1)
     else:
-        store.drop_after(resume_from)
+        later = [r for r in store.rounds() if r > resume_from]
         restored = store.restore_point(resume_from)
+        if restored is None and later:
+            raise CheckpointError(f"client state as of round {resume_from} is gone from {store.directory} (only rounds "
+                                  f"{later} are there); resume from a later checkpoint or start the run afresh")
+        store.drop_after(resume_from)
         if restored is None:
             logger.warning("no client state at or before round %d in %s: the client starts with empty state",
                            resume_from, store.directory)

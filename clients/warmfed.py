@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from warmfed_flwr.privacy_audit import audit_metrics, penultimate_features, priv
 from warmfed_flwr.warmstart import client_upload, default_domain_phrase, globalize_client
 
 SUBSET = "synthetic-subset"
+logger = logging.getLogger(__name__)
 
 
 class WarmFedClient(FederatedClient):
@@ -46,12 +48,17 @@ class WarmFedClient(FederatedClient):
     def privacy_audit(self, named: dict[str, np.ndarray]) -> dict[str, Scalar]:
         """When the server sent synthetic images made from this client's own upload (once): their audit against the
         private train and test splits in pixels and in the received global model's penultimate features, as
-        ``audit_*`` scalars (warmfed_flwr/privacy_audit.py); the images and splits stay here."""
+        ``audit_*`` scalars (warmfed_flwr/privacy_audit.py); the images and splits stay here. An audit that cannot
+        run (images of another size, an empty split) is logged in one line and costs the round nothing."""
         if protocol.AUDIT_IMAGES not in named:
             return {}
         images = np.ascontiguousarray(named[protocol.AUDIT_IMAGES].transpose(0, 2, 3, 1))
-        audits = privacy_audit(images, self.split.train, self.split.test, self.seed,
-                               penultimate_features(self.model, self.device))
+        try:
+            audits = privacy_audit(images, self.split.train, self.split.test, self.seed,
+                                   penultimate_features(self.model, self.device))
+        except ValueError as exc:
+            logger.warning("privacy audit of %s skipped: %s", self.split.name, exc)
+            return {}
         return dict(audit_metrics(audits))
 
     def round0_upload(self) -> tuple[NDArrays, int, dict[str, Scalar]]:
@@ -73,7 +80,7 @@ class WarmFedClient(FederatedClient):
         if not privacy.noise_multiplier:
             return named, {}
         private, clipped = dp.privatize_round0(named, privacy.adapter_clip_norm, privacy.embedding_clip_norm,
-                                               privacy.noise_multiplier, dp.round_rng(self.seed, 0))
+                                               privacy.noise_multiplier, dp.round_rng(self.noise_secret(), 0))
         return private, {dp.CLIPPED_METRIC: int(clipped)}
 
     def default_domain_phrase(self) -> str:

@@ -34,6 +34,7 @@ from warmfed_flwr.data.domain_clients import client_domain
 from warmfed_flwr.identity import claim_refusal, load_identities
 from warmfed_flwr.results import RunRecorder
 from warmfed_flwr.runtime import one_line_errors
+from warmfed_flwr.updates import scale_update, update_norm
 
 logger = logging.getLogger(__name__)
 
@@ -267,9 +268,9 @@ class RecordingFedAvg(FedAvg):
         out: list[Upload] = []
         clipped_clients = 0
         for upload in accepted:
-            norm = robust.update_norm(upload.content, self.global_weights)
+            norm = update_norm(upload.content, self.global_weights)
             if norm > max_norm:
-                clipped = robust.clip_update(upload.content, self.global_weights, max_norm, norm)
+                clipped = scale_update(upload.content, self.global_weights, max_norm / norm)
                 self.recorder.event("update_clipped", round=algo_round, client=upload.client, norm=norm,
                                     clip_norm=max_norm)
                 res = FitRes(upload.res.status, ndarrays_to_parameters(clipped), upload.res.num_examples,
@@ -331,7 +332,9 @@ class RecordingFedAvg(FedAvg):
                 name = payload.validate_evaluation(res.metrics, res.num_examples, self.cfg.train.max_client_examples,
                                                    sender)
                 if refusal := claim_refusal(self.identities, name, proxy.cid):
-                    raise ValueError(refusal)
+                    self.recorder.event("eval_refused", round=algo_round, client=f"node {proxy.cid}", claimed=name,
+                                        reason=refusal)
+                    continue
                 if name in names:
                     raise ValueError(f"a second evaluation claims to come from client '{name}'")
             except Exception as exc:  # noqa: BLE001 - a bad report is refused, never fatal

@@ -3,7 +3,6 @@ weighting of the mean, and the coordinate-wise median and trimmed mean."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 
@@ -13,21 +12,6 @@ from flwr.server.strategy.aggregate import aggregate, aggregate_median, aggregat
 from warmfed_flwr.config import TrainConfig
 
 Weights = Sequence[np.ndarray]
-
-
-def update_norm(weights: Weights, reference: Weights) -> float:
-    """L2 norm of ``weights - reference`` over the floating-point arrays (integer ones, such as BatchNorm's
-    ``num_batches_tracked``, are no update direction and are left out), in float64 so huge values do not overflow."""
-    return math.sqrt(sum(float(np.sum(np.square(w.astype(np.float64) - r.astype(np.float64))))
-                         for w, r in zip(weights, reference, strict=True) if w.dtype.kind == "f"))
-
-
-def clip_update(weights: Weights, reference: Weights, max_norm: float, norm: float) -> list[np.ndarray]:
-    """``weights`` moved towards ``reference`` so that their update (of L2 norm ``norm``) has norm ``max_norm``;
-    integer arrays unchanged."""
-    scale = max_norm / norm
-    return [(r.astype(np.float64) + (w.astype(np.float64) - r) * scale).astype(w.dtype) if w.dtype.kind == "f" else w
-            for w, r in zip(weights, reference, strict=True)]
 
 
 def example_weights(counts: Sequence[int], rule: str, cap_factor: float) -> list[float]:

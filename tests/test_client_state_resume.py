@@ -25,7 +25,7 @@ from clients.base import PERSONAL, POOL, RESUMABLE_STATE
 from clients.state import ClientStateStore, PersistentStateClient, client_state_dir, load_arrays, save_arrays, start_run
 from strategies.checkpointing import CheckpointingStrategy
 from warmfed_flwr import protocol
-from warmfed_flwr.checkpoint import Checkpoint, CheckpointStore, RandomState, checkpoint_dir
+from warmfed_flwr.checkpoint import KEEP, Checkpoint, CheckpointStore, RandomState, checkpoint_dir
 from warmfed_flwr.config import resolve
 from warmfed_flwr.errors import CheckpointError, RunStoppedError
 
@@ -54,8 +54,9 @@ def test_a_snapshot_round_trips_every_key_name_and_dtype(tmp_path):
             assert loaded[key][name].dtype == value.dtype and np.array_equal(loaded[key][name], value)
 
 
-def test_only_the_newest_two_rounds_are_kept(tmp_path):
-    store = ClientStateStore(tmp_path)
+def test_only_the_newest_rounds_are_kept_one_more_than_server_checkpoints(tmp_path):
+    assert ClientStateStore(tmp_path).keep == KEEP + 1
+    store = ClientStateStore(tmp_path, keep=2)
     for algo_round in (1, 2, 5, 3, 4):
         store.save(algo_round, state_of(algo_round))
     assert store.rounds() == [4, 5]
@@ -101,6 +102,15 @@ def test_a_resume_finds_the_newest_snapshot_at_or_before_the_checkpoint(tmp_path
     assert load_arrays(later, PERSONAL) is None
 
 
+def test_a_resume_whose_round_has_no_snapshot_left_stops_instead_of_starting_empty(tmp_path):
+    store = ClientStateStore(tmp_path, keep=2)
+    for algo_round in (1, 2, 3):
+        store.save(algo_round, state_of(algo_round))
+    with pytest.raises(CheckpointError, match="client state as of round 1 is gone"):
+        start_run(context(), store, resume_from=1)
+    assert store.rounds() == [2, 3], "nothing is deleted when the resume is refused"
+
+
 def test_a_fresh_run_clears_what_an_earlier_run_of_the_name_left(tmp_path):
     store = ClientStateStore(tmp_path)
     store.save(9, state_of(9))
@@ -142,7 +152,7 @@ def test_the_wrapper_snapshots_each_fit_and_a_resumed_run_continues_from_the_che
     first = context()
     client = PersistentStateClient(RoundClient(first), first, store, RESUMABLE_STATE)
     assert [client.fit(FitIns(NO_PARAMETERS, {protocol.ROUND: r})).metrics["seen"] for r in (1, 2, 3)] == [-1, 1, 2]
-    assert store.directory == tmp_path / "run" / "checkpoints" / "clients" / "mnist-0" and store.rounds() == [2, 3]
+    assert store.directory == tmp_path / "run" / "checkpoints" / "clients" / "mnist-0" and store.rounds() == [1, 2, 3]
 
     resumed = context()  # the server checkpoint holds round 2; the fit of round 3 happened before the SIGKILL
     client = PersistentStateClient(RoundClient(resumed), resumed, store, RESUMABLE_STATE)

@@ -14,7 +14,7 @@ from warmfed_flwr import dp, payload, protocol
 from warmfed_flwr.config import key_is_used, resolve
 from warmfed_flwr.data import load_client
 from warmfed_flwr.models import build_model
-from warmfed_flwr.training import get_weights
+from warmfed_flwr.training import get_weights, set_weights
 
 DP_KEYS = ("privacy.noise-multiplier", "privacy.clip-norm", "privacy.adapter-clip-norm", "privacy.embedding-clip-norm")
 
@@ -58,18 +58,28 @@ def test_zero_noise_and_a_large_clip_leave_every_upload_unchanged():
     assert not cut and all(np.array_equal(private[k], named[k]) for k in named)
     start = [rng.normal(0, 1, (3, 3)).astype(np.float32), np.array(5, np.int64)]
     weights = [start[0] + 0.25, np.array(6, np.int64)]
-    update, cut = dp.privatize_update(weights, start, 1e6, 0.0, dp.round_rng(0, 1))
+    update, cut = dp.privatize_update(weights, start, ["w", "n"], 1e6, 0.0, dp.round_rng(0, 1))
     assert not cut and np.allclose(update[0], weights[0], atol=1e-6) and update[1] == 6
 
 
 def test_integer_arrays_are_untouched_and_only_the_float_update_is_clipped():
     start = [np.zeros((10, 10), np.float32), np.array(3, np.int64), np.ones(4, np.float32)]
     weights = [np.full((10, 10), 2.0, np.float32), np.array(40, np.int64), np.full(4, 3.0, np.float32)]
-    private, cut = dp.privatize_update(weights, start, 1.0, 0.0, dp.round_rng(0, 1))
+    names = ["conv.weight", "bn.num_batches_tracked", "conv.bias"]
+    private, cut = dp.privatize_update(weights, start, names, 1.0, 0.0, dp.round_rng(0, 1))
     assert cut and private[1] == 40 and private[1].dtype == np.int64
     assert norm(float_update(private, start)) == pytest.approx(1.0, rel=1e-5)
-    noised, _ = dp.privatize_update(weights, start, 1.0, 0.5, dp.round_rng(0, 1))
+    noised, _ = dp.privatize_update(weights, start, names, 1.0, 0.5, dp.round_rng(0, 1))
     assert noised[1] == 40 and not np.allclose(noised[0], private[0])
+
+
+def test_batchnorm_running_statistics_go_back_to_the_global_ones_unnoised():
+    start = [np.zeros(4, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32)]
+    weights = [np.full(4, 2.0, np.float32), np.full(4, 0.01, np.float32), np.full(4, 5.0, np.float32)]
+    names = ["bn.weight", "bn.running_var", "bn.running_mean"]
+    private, _ = dp.privatize_update(weights, start, names, 1.0, 3.0, dp.round_rng(0, 1))
+    assert np.array_equal(private[1], start[1]) and np.array_equal(private[2], start[2])
+    assert not np.allclose(private[0], weights[0])
 
 
 def test_round0_clips_the_adapter_together_and_each_embedding_row_alone():
@@ -113,11 +123,12 @@ def test_dp_is_off_by_default_and_its_keys_count_for_uploading_algorithms_only()
 
 # --- the upload points --------------------------------------------------------------------------------------------
 
-def fake_client(cls: type[FederatedClient], monkeypatch: pytest.MonkeyPatch, tmp_path, **overrides):
+def fake_client(cls: type[FederatedClient], monkeypatch: pytest.MonkeyPatch, tmp_path, node_config=None,
+                **overrides):
     install_fake_digits(monkeypatch, [60, 60, 60, 60], shuffle_labels=True)
     cfg = resolve({"device": "cpu", "data.max-per-domain": 60, "train.local-epochs": 1, **overrides})
     class_names, split = load_client(cfg.data, cfg.seed, tmp_path / "cache", 0)
-    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    context = Context(run_id=0, node_id=0, node_config=node_config or {}, state=RecordDict(), run_config={})
     return cls(cfg, class_names, split, 0, context, torch.device("cpu"), tmp_path / "cache")
 
 
@@ -125,20 +136,39 @@ ROUND1 = {protocol.ROUND: 1, protocol.TOTAL_ROUNDS: 3}
 
 
 def test_a_client_fit_with_dp_uploads_an_update_within_the_clip_plus_its_noise(monkeypatch, tmp_path):
-    client = fake_client(FederatedClient, monkeypatch, tmp_path, **{
-        "algorithm": "fedavg", "privacy.noise-multiplier": 0.01, "privacy.clip-norm": 0.5, "train.lr": 0.1})
+    dp_config = {"algorithm": "fedavg", "privacy.noise-multiplier": 0.01, "privacy.clip-norm": 0.05, "train.lr": 0.1}
+    client = fake_client(FederatedClient, monkeypatch, tmp_path, {"dp-secret": 7}, **dp_config)
     start = get_weights(build_model(client.cfg.model, len(client.class_names)))
     weights, _, metrics = client.fit(start, ROUND1)
     update = float_update(weights, start)
-    values = sum(u.size for u in update)
-    noise = 0.01 * 0.5 * np.sqrt(values)
+    values = sum(w.size for w, name in zip(start, client.model.state_dict(), strict=True)
+                 if np.issubdtype(w.dtype, np.floating) and not name.endswith(dp.RUNNING_STATISTICS))
+    noise = 0.01 * 0.05 * np.sqrt(values)
     assert metrics[dp.CLIPPED_METRIC] == 1
-    assert norm(update) == pytest.approx(np.hypot(0.5, noise), rel=0.05)
+    assert norm(update) == pytest.approx(np.hypot(0.05, noise), rel=0.05)
     ints = [i for i, w in enumerate(start) if not np.issubdtype(w.dtype, np.floating)]
     assert ints and all(weights[i] == get_weights(client.model)[i] for i in ints)
-    again = fake_client(FederatedClient, monkeypatch, tmp_path / "again", **{
-        "algorithm": "fedavg", "privacy.noise-multiplier": 0.01, "privacy.clip-norm": 0.5, "train.lr": 0.1})
+    again = fake_client(FederatedClient, monkeypatch, tmp_path / "again", {"dp-secret": 7}, **dp_config)
     assert all(np.array_equal(a, b) for a, b in zip(weights, again.fit(start, ROUND1)[0], strict=True))
+
+
+def test_without_a_given_secret_the_noise_is_the_clients_own_and_bn_statistics_stay_global(monkeypatch, tmp_path):
+    dp_config = {"algorithm": "fedavg", "privacy.noise-multiplier": 0.05, "privacy.clip-norm": 5.0, "train.lr": 0.1}
+    uploads = []
+    for name in ("one", "two"):
+        client = fake_client(FederatedClient, monkeypatch, tmp_path / name, **dp_config)
+        start = get_weights(build_model(client.cfg.model, len(client.class_names)))
+        uploads.append(client.fit(start, ROUND1)[0])
+    assert not np.array_equal(uploads[0][0], uploads[1][0]), "same run config, same noise: the server could remove it"
+    names = list(client.model.state_dict())
+    stats = [i for i, n in enumerate(names) if n.endswith(dp.RUNNING_STATISTICS)]
+    assert stats and all(np.array_equal(uploads[0][i], start[i]) for i in stats)
+    averaged = [np.mean([u[i] for u in uploads], axis=0).astype(start[i].dtype) for i in range(len(start))]
+    model = build_model(client.cfg.model, len(client.class_names))
+    set_weights(model, averaged)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.stack([client.split.test[i][0] for i in range(4)]))).all()
 
 
 def test_without_dp_a_client_uploads_its_trained_weights_and_no_dp_metric(monkeypatch, tmp_path):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from strategies import robust
 from warmfed_flwr import faults, payload
 from warmfed_flwr.config import resolve
 from warmfed_flwr.errors import PayloadError
+from warmfed_flwr.updates import update_norm
 
 WEIGHTS = [np.ones((3, 2), np.float32), np.zeros(4, np.float32), np.array(7, np.int64)]
 NAMED = {"embeddings": np.ones((2, 4), np.float32), "adapter.a": np.ones((4, 2), np.float32)}
@@ -97,7 +97,7 @@ def test_update_faults_scale_the_update_against_the_received_global_model(kind, 
         assert attacked.dtype == honest.dtype
         np.testing.assert_allclose(attacked - received, factor * (honest - received), rtol=1e-6)
     assert upload[2] == WEIGHTS[2] and upload[2].dtype == np.int64, "counters are no update direction"
-    assert robust.update_norm(upload, GLOBAL) == pytest.approx(abs(factor) * robust.update_norm(WEIGHTS, GLOBAL))
+    assert update_norm(upload, GLOBAL) == pytest.approx(abs(factor) * update_norm(WEIGHTS, GLOBAL))
     assert np.array_equal(WEIGHTS[0], np.ones((3, 2))), "the client's own weights are left alone"
 
 

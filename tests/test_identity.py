@@ -64,7 +64,8 @@ def test_a_spoofed_name_arriving_first_is_refused_and_the_bound_node_keeps_it(tm
     valid = strat.screen_evaluate(1, [evaluation(SPOOFER, "mnist"), evaluation(MNIST_NODE, "mnist")])
     assert [proxy.cid for proxy, _ in valid] == [MNIST_NODE]
     [eval_refused] = [e for e in recorder.events if e["kind"] == "eval_refused"]
-    assert eval_refused["client"] == f"node {SPOOFER}" and "binds to node 1111" in eval_refused["reason"]
+    assert eval_refused["client"] == f"node {SPOOFER}" and eval_refused["claimed"] == "mnist"
+    assert "binds to node 1111" in eval_refused["reason"]
 
 
 def test_a_bound_node_claiming_an_unlisted_name_is_refused(tmp_path):

@@ -186,6 +186,10 @@ def test_client_reports_the_audit_when_the_server_sends_images(tmp_path):
     assert all(isinstance(metrics[key], float) for key in AUDIT_KEYS)
     _, _, later = client.fit(payload.encode(model), {**config, protocol.ROUND: 2})
     assert not any(key.startswith("audit_") for key in later)
+    small = np.zeros((5, 3, 16, 16), np.uint8)
+    weights, _, skipped = client.fit(payload.encode({**model, protocol.AUDIT_IMAGES: small}),
+                                     {**config, protocol.ROUND: 3})
+    assert weights and "train_loss" in skipped and not any(key.startswith("audit_") for key in skipped)
 
 
 # --- the summary -------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from tests.test_warmfed_strategy import strategy as round0_strategy
 from warmfed_flwr import faults, payload, protocol
 from warmfed_flwr.config import resolve
 from warmfed_flwr.errors import ConfigError, PayloadError
+from warmfed_flwr.updates import scale_update, update_norm
 
 HONEST = {"a": 1.0, "b": 1.1, "c": 0.9}
 
@@ -49,7 +50,7 @@ def test_clip_norm_bounds_a_scaled_update_and_names_the_client(tmp_path):
     result, recorder = aggregated(tmp_path, [*honest_uploads(), fit_res(weights(1e8), "scaled")],
                                   **{"train.clip-norm": clip})
     honest_mean = [np.mean([w[i] for w in map(weights, HONEST.values())], axis=0) for i in range(2)]
-    assert robust.update_norm(result[:2], honest_mean) <= clip
+    assert update_norm(result[:2], honest_mean) <= clip
     (event,) = [e for e in recorder.events if e["kind"] == "update_clipped"]
     assert (event["client"], event["round"], event["clip_norm"]) == ("scaled", 2, clip)
     assert event["norm"] == pytest.approx(1e8 * np.sqrt(10), rel=1e-6)
@@ -60,20 +61,20 @@ def test_clip_norm_bounds_a_scaled_update_and_names_the_client(tmp_path):
 @pytest.mark.parametrize(("kind", "factor"), [("scale", 1e3), ("sign-flip", 10.0)])
 def test_injected_update_attacks_are_clipped_and_named(tmp_path, kind, factor):
     honest = weights(1.0)
-    attacked = faults.scale_update(honest, GLOBAL, faults.UPDATE_FAULTS[kind])
-    clip = 3 * robust.update_norm(honest, GLOBAL)
+    attacked = scale_update(honest, GLOBAL, faults.UPDATE_FAULTS[kind])
+    clip = 3 * update_norm(honest, GLOBAL)
     result, recorder = aggregated(tmp_path, [*honest_uploads(), fit_res(attacked, kind)], **{"train.clip-norm": clip})
     (event,) = [e for e in recorder.events if e["kind"] == "update_clipped"]
-    assert event["client"] == kind and event["norm"] == pytest.approx(factor * robust.update_norm(honest, GLOBAL))
-    assert robust.update_norm(result, GLOBAL) <= clip
+    assert event["client"] == kind and event["norm"] == pytest.approx(factor * update_norm(honest, GLOBAL))
+    assert update_norm(result, GLOBAL) <= clip
 
 
 def test_clipping_keeps_the_direction_and_leaves_integer_tensors_alone():
     reference = [np.ones(4, np.float32), np.array(5, np.int64)]
     upload = [np.array([1, 1, 4, 5], np.float32), np.array(9, np.int64)]
-    norm = robust.update_norm(upload, reference)
+    norm = update_norm(upload, reference)
     assert norm == pytest.approx(5.0), "the integer tensor's change counts for nothing"
-    clipped = robust.clip_update(upload, reference, 1.0, norm)
+    clipped = scale_update(upload, reference, 1.0 / norm)
     np.testing.assert_allclose(clipped[0], [1, 1, 1.6, 1.8], rtol=1e-6)
     assert clipped[1] == 9 and clipped[1].dtype == np.int64
 
@@ -123,7 +124,7 @@ def test_warmfed_rounds_aggregate_robustly_and_distill_from_clipped_uploads(tmp_
     result = parameters_to_ndarrays(strat.aggregate_fit(3, poisoned, [])[0])
     assert 0.9 <= floats(result).min() <= floats(result).max() <= 1.1
     assert {e["client"] for e in recorder.events if e["kind"] == "update_clipped"} == {"scaled", "flipped"}
-    assert max(robust.update_norm(w, GLOBAL) for w in seen) <= 5.0 * (1 + 1e-6)
+    assert max(update_norm(w, GLOBAL) for w in seen) <= 5.0 * (1 + 1e-6)
 
 
 @pytest.mark.parametrize(("override", "message"), [

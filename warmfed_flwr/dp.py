@@ -13,9 +13,14 @@ CLIPPED_METRIC = "dp_clipped"
 """Fit metric key: 1 when DP clipping scaled any part of the upload down, else 0 (sent only while DP is on)."""
 
 
-def round_rng(seed: int, algo_round: int) -> np.random.Generator:
-    """The noise generator of one client (``seed``) in one algorithm round: the same pair gives the same noise."""
-    return np.random.default_rng([seed, algo_round])
+RUNNING_STATISTICS = ("running_mean", "running_var")
+"""BatchNorm buffers estimated from the private data: never uploaded under DP (noise would make variances negative)."""
+
+
+def round_rng(secret: int, algo_round: int) -> np.random.Generator:
+    """The noise generator of one client in one algorithm round. ``secret`` must be the client's own (never derived
+    from the run config, which the server knows, or the server could regenerate and subtract the noise)."""
+    return np.random.default_rng([secret, algo_round])
 
 
 def clip_and_noise(tensors: list[np.ndarray], clip_norm: float, noise_multiplier: float,
@@ -31,15 +36,22 @@ def clip_and_noise(tensors: list[np.ndarray], clip_norm: float, noise_multiplier
     return [n.astype(t.dtype) for n, t in zip(noised, tensors, strict=True)], clipped
 
 
-def privatize_update(weights: list[np.ndarray], global_weights: list[np.ndarray], clip_norm: float,
+def privatize_update(weights: list[np.ndarray], global_weights: list[np.ndarray], names: list[str], clip_norm: float,
                      noise_multiplier: float, rng: np.random.Generator) -> tuple[list[np.ndarray], bool]:
     """``weights`` whose floating-point update (weights - ``global_weights``) is clipped to ``clip_norm`` and
-    noised, added back to the global weights; integer arrays (BatchNorm counters) stay as they are."""
-    floating = [i for i, w in enumerate(weights) if np.issubdtype(w.dtype, np.floating)]
-    updates = [weights[i].astype(np.float64) - global_weights[i].astype(np.float64) for i in floating]
-    noised, clipped = clip_and_noise(updates, clip_norm, noise_multiplier, rng)
+    noised, added back to the global weights; BatchNorm running statistics (by their state_dict ``names``) go back
+    to the global ones (they would carry private data, and noise would make variances negative); integer arrays
+    (BatchNorm counters) stay as they are."""
     private = list(weights)
-    for i, update in zip(floating, noised, strict=True):
+    trained = []
+    for i, (weight, name) in enumerate(zip(weights, names, strict=True)):
+        if name.endswith(RUNNING_STATISTICS):
+            private[i] = global_weights[i]
+        elif np.issubdtype(weight.dtype, np.floating):
+            trained.append(i)
+    updates = [weights[i].astype(np.float64) - global_weights[i].astype(np.float64) for i in trained]
+    noised, clipped = clip_and_noise(updates, clip_norm, noise_multiplier, rng)
+    for i, update in zip(trained, noised, strict=True):
         private[i] = (global_weights[i].astype(np.float64) + update).astype(weights[i].dtype)
     return private, clipped
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from warmfed_flwr import protocol
 from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr.updates import scale_update
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +99,6 @@ def corrupt(upload: Upload, kind: str, oversize_bytes: int) -> Upload:
     else:
         raise ValueError(f"fault kind {kind!r} does not corrupt an upload")
     return dict(items) if isinstance(upload, dict) else [a for _, a in items]
-
-
-def scale_update(weights: list[np.ndarray], global_weights: list[np.ndarray], factor: float) -> list[np.ndarray]:
-    """``global + factor x (weights - global)`` for every floating-point array; integer arrays (counters) unchanged."""
-    return [(g.astype(np.float64) + factor * (w.astype(np.float64) - g)).astype(w.dtype) if w.dtype.kind == "f" else w
-            for w, g in zip(weights, global_weights, strict=True)]
 
 
 def corrupt_bundle(named: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:

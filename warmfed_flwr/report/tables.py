@@ -171,11 +171,12 @@ def privacy_table(records: list[dict[str, Any]]) -> list[str]:
         return []
     rows = []
     for name, group in by_variant(ok).items():
-        per_run = [{key: statistics.fmean(client[key] for client in r["privacy_audit"].values() if key in client)
-                    for key in AUDIT_COLUMNS.values()} for r in group]
+        per_run = [{key: statistics.fmean(values) for key in AUDIT_COLUMNS.values()
+                    if (values := [client[key] for client in r["privacy_audit"].values() if key in client])}
+                   for r in group]
         worst = max(client.get("audit_pixel_near_copy_share", 0.0) for r in group
                     for client in r["privacy_audit"].values())
-        rows.append([name, *[pct_cell([run[key] for run in per_run]) for key in AUDIT_COLUMNS.values()],
+        rows.append([name, *[pct_cell([run.get(key) for run in per_run]) for key in AUDIT_COLUMNS.values()],
                      f"{100 * worst:.1f}"])
     return ["", "Privacy audit (synthetic images made from each client's own upload against that client's private "
             "train and test images; %): closer-share 50 = no sign of memorisation, 100 = copies; near-copy about 5 "

@@ -213,6 +213,12 @@ def wait_for_client_snapshot(run_directory: Path, algo_round: int, run: subproce
     raise TimeoutError(f"no client state snapshot of round {algo_round}:\n{log.read_text()[-3000:]}")
 
 
+def global_accuracy(rounds: list[dict]) -> dict[int, dict[str, float]]:
+    """Global pooled and per-domain accuracy per round, at summary.md's precision (percent, 2 decimals)."""
+    keys = ["global_acc_pooled", *(f"global_acc_{d}" for d in ("mnist", "digits", "fonts", "mnistm"))]
+    return {r["round"]: {k: round(100 * r[k], 2) for k in keys} for r in rounds}
+
+
 def personal_accuracy(rounds: list[dict]) -> dict[int, dict[str, float]]:
     """Every client's personalized accuracy, and their mean, per round."""
     return {r["round"]: {k: v for k, v in r.items() if k.startswith("personal_acc_") and k != "personal_acc_std"}
@@ -225,7 +231,7 @@ def final_client_state(run_directory: Path) -> dict[str, dict[str, dict[str, np.
             for folder in sorted((checkpoint_dir(run_directory) / "clients").iterdir())}
 
 
-def test_a_killed_dsd_run_resumes_to_the_same_personalized_metrics(tmp_path_factory, tmp_path, shared_cache,
+def test_a_killed_dsd_run_resumes_to_the_same_global_and_personalized_metrics(tmp_path_factory, tmp_path, shared_cache,
                                                                   tiny_pipeline_dir):
     config = {"output-dir": str(tmp_path), "cache-dir": str(shared_cache), "device": "cpu",
               "data.max-per-domain": 300, "generator.base": str(tiny_pipeline_dir), "lora.steps": 2,
@@ -257,6 +263,9 @@ def test_a_killed_dsd_run_resumes_to_the_same_personalized_metrics(tmp_path_fact
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "killed")
     assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
     assert [e["after_round"] for e in resumed["events"] if e["kind"] == "resumed"] == [1]
+    assert global_accuracy(resumed["rounds"]) == global_accuracy(straight["rounds"]), "the server side resumes exactly"
+    assert resumed["rounds"][2]["bytes_down_per_client"] == straight["rounds"][1]["bytes_down_per_client"], \
+        "the synthetic subset is sent again with the first round after the resume"
     expected = personal_accuracy(straight["rounds"])
     assert len(expected[3]) == 5, "four clients and their mean"
     assert personal_accuracy(resumed["rounds"]) == expected

@@ -1,11 +1,7 @@
-"""Server checkpoints: the store on its own, the strategy wrapper, and a SIGKILLed `flwr run` resumed to the end."""
+"""Server checkpoints: the store and the strategy wrapper (a SIGKILLed run: tests/test_client_state_resume.py)."""
 
 import random
 import re
-import signal
-import subprocess
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +9,7 @@ import torch
 from flwr.common import parameters_to_ndarrays
 
 from benchmarks.harness import (
-    Processes,
-    descendant_groups,
-    end_groups,
-    flwr_run,
-    flwr_run_args,
     read_metrics,
-    start_superlink,
 )
 from strategies.baselines import FedAvgStrategy
 from strategies.checkpointing import with_checkpoints
@@ -29,8 +19,6 @@ from warmfed_flwr.errors import CheckpointError, ConfigError
 from warmfed_flwr.generative.synthesis import cached_synthesis
 from warmfed_flwr.results import RunRecorder
 from warmfed_flwr.warmstart import SyntheticWarmStart
-
-DOMAINS = ["mnist", "digits", "fonts", "mnistm"]
 
 
 def checkpoint(server_round: int, **state) -> Checkpoint:
@@ -152,55 +140,3 @@ def test_warm_start_state_reloads_from_the_cache_or_names_the_missing_entry(tiny
     (cache / f"{'b' * 64}.npz").unlink()
     with pytest.raises(CheckpointError, match=f"synthetic set of client fonts is gone from the cache \\({cache}"):
         warm_start.restore_checkpoint_state(state)
-
-
-def wait_for_checkpoint(directory: Path, server_round: int, run: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Block until a checkpoint of ``server_round`` or later is in ``directory`` while ``run`` goes on."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and run.poll() is None:
-        if any(int(p.stem.split("-")[1]) >= server_round for p in CheckpointStore(directory).paths()):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"no checkpoint of server round {server_round}:\n{log.read_text()[-3000:]}")
-
-
-def global_accuracy(rounds: list[dict]) -> dict[int, dict[str, float]]:
-    """Global pooled and per-domain accuracy per round, at summary.md's precision (percent, 2 decimals)."""
-    keys = ["global_acc_pooled", *(f"global_acc_{d}" for d in DOMAINS)]
-    return {r["round"]: {k: round(100 * r[k], 2) for k in keys} for r in rounds}
-
-
-def test_a_killed_run_resumes_to_the_same_final_metrics(tmp_path_factory, tmp_path, shared_cache, tiny_pipeline_dir):
-    config = {"output-dir": str(tmp_path), "cache-dir": str(shared_cache), "device": "cpu",
-              "data.max-per-domain": 300, "generator.base": str(tiny_pipeline_dir), "lora.steps": 2,
-              "lora.batch-size": 8, "synthesis.images-per-class": 4, "synthesis.steps": 2,
-              "warmfed.warm-epochs": 1, "train.rounds": 3}
-    first = Processes(tmp_path_factory.mktemp("flwr-home"))
-    try:
-        start_superlink(first, simulation=True)
-        superlink = first.procs[0]
-        done = flwr_run(first, {**config, "run-name": "straight"}, 4, 600)
-        assert (tmp_path / "straight" / "summary.md").exists(), done.stdout[-3000:] + done.stderr[-3000:]
-        killed = first.start("killed-run", *flwr_run_args({**config, "run-name": "killed"}, 4))
-        wait_for_checkpoint(checkpoint_dir(tmp_path / "killed"), 2, killed, first.home / "killed-run.log", 600)
-        end_groups(descendant_groups(superlink.pid), grace=0, signals=(signal.SIGKILL,))
-    finally:
-        first.stop()
-    assert not (tmp_path / "killed" / "summary.md").exists(), "the run ended before it was killed"
-
-    second = Processes(tmp_path_factory.mktemp("flwr-home"))
-    try:
-        start_superlink(second, simulation=True)
-        done = flwr_run(second, {**config, "run-name": "killed", "resume": True}, 4, 600)
-    finally:
-        second.stop()
-    assert (tmp_path / "killed" / "summary.md").exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "killed")
-    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
-    assert global_accuracy(resumed["rounds"]) == global_accuracy(straight["rounds"])
-    resumed_after = [e["after_round"] for e in resumed["events"] if e["kind"] == "resumed"]
-    assert len(resumed_after) == 1 and resumed_after[0] >= 1
-    first_again = resumed["rounds"][resumed_after[0] + 1]
-    assert first_again["bytes_down_per_client"] == straight["rounds"][1]["bytes_down_per_client"], \
-        "the synthetic subset is sent again with the first round after the resume"
-    assert resumed["config"]["resume"] is True

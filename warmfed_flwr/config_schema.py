@@ -256,17 +256,19 @@ class PrivacyConfig(Section):
                               json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
     noise_multiplier: float = Field(0.0, ge=0, description="0 = off; >0: local differential privacy on every "
                                     "upload (warmfed_flwr/dp.py): each clipped part gets Gaussian noise of std this x "
-                                    "its clip norm, seeded by the client and round; no privacy accountant. The server "
-                                    "refuses noisy round-0 uploads from about 0.2 (default clip norms): then raise "
-                                    "synthesis.max-embedding-norm-factor above ~2 x this x privacy.embedding-clip-norm "
-                                    "and set synthesis.check-embedding-classes = false; from about 0.5 also raise "
+                                    "its clip norm, drawn from the client's own secret (node config dp-secret, else "
+                                    "random); no privacy accountant. The server refuses noisy round-0 uploads from "
+                                    "about 0.2 (default clip norms): then raise synthesis.max-embedding-norm-factor "
+                                    "above ~2 x this x privacy.embedding-clip-norm and set "
+                                    "synthesis.check-embedding-classes = false; from about 0.5 also raise "
                                     "synthesis.max-adapter-abs above ~5 x this x privacy.adapter-clip-norm (a bound "
                                     "of 0 is off)",
                                     json_schema_extra=used_when("algorithm", UPLOADING_ALGORITHMS))
     clip_norm: float = Field(5.0, gt=0, description="privacy.noise-multiplier > 0: rounds >= 1 clip the client's "
                              "update (its weights minus the global weights it got, floating-point arrays together; "
-                             "integer BatchNorm counters untouched) to this L2 norm before noising (measured on the "
-                             "default digits run, round 1: WarmFed 2.0-4.9, FedAvg from the random init 8.8-9.3)",
+                             "BatchNorm running statistics go back to the global ones) to this L2 norm before "
+                             "noising (measured on the default digits run, round 1: WarmFed 2.0-4.9, FedAvg from the "
+                             "random init 8.8-9.3)",
                              json_schema_extra=used_when("algorithm", UPLOADING_ALGORITHMS))
     adapter_clip_norm: float = Field(40.0, gt=0, description="privacy.noise-multiplier > 0: round 0 clips the LoRA "
                                      "adapter (all its tensors together) to this L2 norm before noising (measured at "

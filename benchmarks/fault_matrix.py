@@ -205,8 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"misbehaves; robust settings: train.aggregation median, train.clip-norm {args.clip_norm:g}, "
              f"train.example-weighting capped; pass: final accuracy at most {args.max_drop:.2f} below the control's; "
              f"hang cases: train.round-timeout {args.round_timeout:.0f} s, hang "
-             f"{args.round_timeout + HANG_PAST_TIMEOUT:.0f} s; not a case: a killed SuperNode (needs the deployment "
-             "engine)"]
+             f"{args.round_timeout + HANG_PAST_TIMEOUT:.0f} s; deployment-engine cases, run by the tests instead: a "
+             "killed SuperNode (tests/test_vanishing_node.py), a spoofed client name arriving first with "
+             "train.identity-file (tests/test_identity.py)"]
     print(lines[0], flush=True)
     link = PrivateLink()
     passed = 0

@@ -86,10 +86,10 @@ class WarmFedStrategy(RecordingFedAvg):
             self.has_subset.add(client.cid)
             audit = self.audit_arrays(client.cid) if first_time else {}
             if audit:
-                parameters = ndarrays_to_parameters(payload.encode({**model, **subset, **audit}))
+                bundle = ndarrays_to_parameters(payload.encode({**model, **subset, **audit}))
             else:
-                parameters = with_subset if first_time else without_subset
-            out.append((client, FitIns(parameters, ins.config)))
+                bundle = with_subset if first_time else without_subset
+            out.append((client, FitIns(bundle, ins.config)))
         down = [sum(len(t) for t in ins.parameters.tensors) for _, ins in out]
         self.recorder.record_round(self.algorithm_round(server_round),
                                    {"bytes_down": sum(down), "bytes_down_per_client": max(down, default=0)})

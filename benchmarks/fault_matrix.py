@@ -8,13 +8,11 @@ few x an honest update's norm) and train.example-weighting capped. Cases (benchm
 and refused uploads in round 0 and round 1; update attacks that pass validation (scale, sign-flip, lie-examples) in
 round 1, each run once more with the robust settings off (plain FedAvg: its outcome is recorded beside the case, not
 judged); round-0 attacks (swap-rows, huge-adapter); corrupt-cache (the control's synthetic cache file of digits cut
-to half before an otherwise fault-free run). A case passes on outcomes only: the run finished, exactly the faulty
-client's contribution to the faulty round was lost (left out, dropped or clipped, named with its recorded reason),
-nothing the design keeps was lost, and the final global accuracy is at most ``--max-drop`` below the control's. The
-last line is ``N passed, N failed``; the exit code is 1 when a case failed.
-
-Not a case: a SuperNode killed mid-round. Simulation clients are Ray actors, not SuperNode processes; killing one
-needs the deployment engine (``exit`` covers a client process that dies).
+to half before an otherwise fault-free run); and, on their own deployment-engine SuperLinks with real SuperNode
+processes, killed-supernode and spoofed-name (benchmarks/fault_deployment.py). A case passes on outcomes only: the
+run finished, exactly the faulty client's contribution to the faulty round was lost (left out, dropped or clipped,
+named with its recorded reason), nothing the design keeps was lost, and the final global accuracy is at most
+``--max-drop`` below the control's. The last line is ``N passed, N failed``; the exit code is 1 when a case failed.
 
 The simulation runs one client actor (Flower's default on 2 cores: clients take turns), two in the hang cases so
 that the other clients do not wait behind the hung one past the round timeout.
@@ -23,6 +21,7 @@ Usage (from the repository root):
 
     python -m benchmarks.fault_matrix --out results/fault_matrix.txt
     python -m benchmarks.fault_matrix --only exit swap-rows --keep /tmp/fault-runs
+    python -m benchmarks.fault_matrix --only killed-supernode spoofed-name
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ from benchmarks.fault_cases import (
     synthetic_cache_file,
     truncate,
 )
+from benchmarks.fault_deployment import CASE_NAMES, DEPLOYMENT_KINDS, deployment_case
 from benchmarks.harness import BIN, ROOT
 from benchmarks.run_suite import PrivateLink
 from warmfed_flwr.data import default_cache_dir
@@ -66,6 +66,8 @@ HANG_PAST_TIMEOUT = 15.0
 """Seconds a hanging client sleeps past the round timeout."""
 ROBUST = {"train.aggregation": "median", "train.example-weighting": "capped"}
 PLAIN = {"train.aggregation": "mean", "train.example-weighting": "examples", "train.clip-norm": 0.0}
+DEPLOYMENT_ROUND_TIMEOUT = 90.0
+"""train.round-timeout of the deployment cases: every message starts a ClientApp process there (torch imports)."""
 CLIP_NORM = 25.0
 """train.clip-norm of the robust runs: about 3 x an honest update's norm in these tiny runs (sign-flip: 10 x)."""
 
@@ -161,6 +163,20 @@ class Matrix:
         seconds = time.perf_counter() - started
         return passed, f"{'PASS' if passed else 'FAIL'}  {case.name:<26} {report}  [{seconds:.0f} s]{failure}"
 
+    def deployment_line(self, kind: str, home: Path) -> tuple[bool, str]:
+        """Run the deployment case ``kind`` with the control's config on its own SuperLink; whether it passed, and
+        its report line."""
+        started = time.perf_counter()
+        control_run = self.run_dir(Case("none"))
+        run_dir = self.run_root / kind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        config = {**run_config(Case("none"), self.args, run_dir, self.generator_base),
+                  "train.round-timeout": DEPLOYMENT_ROUND_TIMEOUT}
+        passed, report = deployment_case(kind, config, home, self.args.rounds, control_run, self.args.max_drop,
+                                         self.args.timeout)
+        seconds = time.perf_counter() - started
+        return passed, f"{'PASS' if passed else 'FAIL'}  {CASE_NAMES[kind]:<26} {report}  [{seconds:.0f} s]"
+
 
 def tiny_generator(directory: Path) -> str:
     """An untrained tiny Stable Diffusion pipeline saved under ``directory`` (faults need no trained one)."""
@@ -174,7 +190,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fault_matrix", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="also write the report to this file")
-    parser.add_argument("--only", nargs="+", choices=("none", *KINDS), default=[],
+    parser.add_argument("--only", nargs="+", choices=("none", *KINDS, *DEPLOYMENT_KINDS), default=[],
                         help="run only these kinds (and the control)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds after round 0 (faults hit round 0 or 1; later rounds show what a fault left)")
@@ -199,15 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fault-matrix-"))
     run_root = args.keep.expanduser().absolute() if args.keep else work / "runs"
     cases = plan_cases(args.only)
+    kinds = [kind for kind in DEPLOYMENT_KINDS if not args.only or kind in args.only]
     machine = f"{platform.processor() or platform.machine()}, {platform.system()}"
     lines = [f"fault matrix ({datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; {machine}): "
              f"WarmFed, clients {', '.join(DOMAINS)}, rounds 0-{args.rounds}, client {FAULTY} ({DOMAINS[FAULTY]}) "
              f"misbehaves; robust settings: train.aggregation median, train.clip-norm {args.clip_norm:g}, "
              f"train.example-weighting capped; pass: final accuracy at most {args.max_drop:.2f} below the control's; "
              f"hang cases: train.round-timeout {args.round_timeout:.0f} s, hang "
-             f"{args.round_timeout + HANG_PAST_TIMEOUT:.0f} s; deployment-engine cases, run by the tests instead: a "
-             "killed SuperNode (tests/test_vanishing_node.py), a spoofed client name arriving first with "
-             "train.identity-file (tests/test_identity.py)"]
+             f"{args.round_timeout + HANG_PAST_TIMEOUT:.0f} s; deployment-engine cases (own SuperLink, real "
+             f"SuperNodes): train.round-timeout {DEPLOYMENT_ROUND_TIMEOUT:.0f} s"]
     print(lines[0], flush=True)
     link = PrivateLink()
     passed = 0
@@ -221,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             passed += ok
             lines.append(line)
             print(line, flush=True)
+        for kind in kinds:
+            ok, line = matrix.deployment_line(kind, work / kind)
+            passed += ok
+            lines.append(line)
+            print(line, flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -228,12 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         link.stop()
         shutil.rmtree(link.home, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    lines.append(f"{passed} passed, {len(cases) - passed} failed")
+    lines.append(f"{passed} passed, {len(cases) + len(kinds) - passed} failed")
     print(lines[-1], flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
-    return 0 if passed == len(cases) else 1
+    return 0 if passed == len(cases) + len(kinds) else 1
 
 
 if __name__ == "__main__":

@@ -116,6 +116,20 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text(), parse_constant=refuse)
 
 
+def wait_for_round(metrics: str | Path, run: subprocess.Popen, server_round: int, timeout: float) -> None:
+    """Block until the run recorded the evaluation of ``server_round``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and run.poll() is None:
+        try:
+            rounds = json.loads(Path(metrics).read_text())["rounds"]
+        except (OSError, ValueError):
+            rounds = []
+        if any(r["round"] == server_round and "clients_evaluated" in r for r in rounds):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"round {server_round} not evaluated within {timeout:.0f} s (run exit code {run.poll()})")
+
+
 def start_supernode(procs: Processes, superlink_port: int, partition_id: int, num_partitions: int,
                     extra: tuple[str, ...] = ("--insecure",)) -> subprocess.Popen:
     """Start a SuperNode for ``partition_id`` connected to the SuperLink."""

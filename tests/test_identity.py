@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters
 
-from benchmarks.harness import Processes, flwr_run, read_metrics, start_superlink, start_supernode
+from benchmarks.harness import Processes, flwr_run, read_metrics
+from benchmarks.node_auth import start_authenticated_deployment
 from strategies.baselines import FedAvgStrategy
-from tests.test_deployment_tls import flwr_json, wait_until_online, write_node_key, write_tls_files
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.config import resolve
 from warmfed_flwr.errors import ConfigError
@@ -112,17 +112,7 @@ def test_a_node_claiming_a_name_bound_to_another_registered_node_is_refused_unde
     the node ids the strategy sees are the authenticated, registered ones."""
     procs = Processes(tmp_path_factory.mktemp("flwr-identity"))
     try:
-        ca_cert, server_cert, server_key = write_tls_files(procs.home)
-        port = start_superlink(procs, simulation=False, extra=(
-            "--ssl-ca-certfile", str(ca_cert), "--ssl-certfile", str(server_cert), "--ssl-keyfile", str(server_key),
-            "--enable-supernode-auth"))
-        node_ids = []
-        for index in range(2):
-            private_key = procs.home / f"supernode-{index}"
-            node_ids.append(str(flwr_json(procs, "supernode", "register", str(write_node_key(private_key)))["node-id"]))
-            start_supernode(procs, port, 0, 2, extra=(
-                "--root-certificates", str(ca_cert), "--auth-supernode-private-key", str(private_key)))
-        wait_until_online(procs, set(node_ids))
+        _, node_ids = start_authenticated_deployment(procs, [0, 0], 2)
         bound, spoofer = node_ids
         config = {"algorithm": "fedavg", "train.rounds": 1, "data.domains": "mnist,digits", "data.num-clients": 2,
                   "data.max-per-domain": 100, "train.min-fit-clients": 1, "device": "cpu",

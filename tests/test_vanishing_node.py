@@ -25,11 +25,12 @@ from benchmarks.harness import (
     run_statuses,
     start_superlink,
     start_supernode,
+    wait_for_round,
 )
+from benchmarks.node_auth import wait_until_count_online
 from strategies.availability import ClientWait
 from strategies.baselines import FedAvgStrategy
 from strategies.warmfed import WarmFedStrategy
-from tests.test_deployment_tls import online_node_ids
 from warmfed_flwr import protocol
 from warmfed_flwr.config import resolve
 from warmfed_flwr.errors import RunStoppedError
@@ -130,26 +131,9 @@ def three_supernodes(tmp_path_factory):
     procs = Processes(tmp_path_factory.mktemp("flwr-vanish"))
     port = start_superlink(procs, simulation=False)
     nodes = [start_supernode(procs, port, partition_id, 3) for partition_id in range(3)]
-    deadline = time.time() + 120
-    while len(online_node_ids(procs)) < 3:
-        assert time.time() < deadline, "three SuperNodes did not come online within 120 s"
-        time.sleep(1.0)
+    wait_until_count_online(procs, 3)
     yield procs, nodes
     procs.stop()
-
-
-def wait_for_round(metrics: str, run: subprocess.Popen, server_round: int, timeout: float) -> None:
-    """Block until the run recorded the evaluation of ``server_round``."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and run.poll() is None:
-        try:
-            rounds = json.loads(open(metrics).read())["rounds"]
-        except (OSError, ValueError):
-            rounds = []
-        if any(r["round"] == server_round and "clients_evaluated" in r for r in rounds):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"round {server_round} not evaluated (run exit code {run.poll()})")
 
 
 def test_a_supernode_killed_after_round_one_leaves_the_run_to_the_others(three_supernodes, tmp_path, shared_cache):

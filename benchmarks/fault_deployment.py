@@ -1,0 +1,178 @@
+"""The fault matrix's deployment-engine cases: real SuperLink and SuperNode processes, one SuperLink per case, the
+matrix's WarmFed config, judged against the matrix's (simulation) no-fault control.
+
+- ``killed-supernode``: three SuperNodes; the one running client 1 (digits) is SIGKILLed once round 0 is
+  evaluated. Passes when the run finishes every round, an event names the lost client with its reason, the other
+  two are evaluated in every round and nothing of theirs is lost, and their mean final accuracy is at most
+  ``max_drop`` below the control's on the same two clients.
+- ``spoofed-name``: TLS and SuperNode authentication with four registered SuperNodes; the first one registered and
+  started runs client 0's partition, so it claims the name 'mnist', which train.identity-file binds to the second.
+  Passes when the spoofer's uploads (round 0 and later) and evaluations are refused, each refusal naming its node
+  and the bound node, nothing else is lost, every client is evaluated in every round by its own node, and the final
+  pooled accuracy is at most ``max_drop`` below the control's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from benchmarks.fault_cases import DOMAINS, FAULTY, read_metrics
+from benchmarks.harness import ROOT, Processes, flwr_run_args, start_superlink, start_supernode, wait_for_round
+from benchmarks.node_auth import start_authenticated_deployment, wait_until_count_online
+
+KILLED = "killed-supernode"
+SPOOFED = "spoofed-name"
+DEPLOYMENT_KINDS = (KILLED, SPOOFED)
+CASE_NAMES = {KILLED: "killed SuperNode", SPOOFED: "spoofed name"}
+LOSS_EVENTS = ("client_failed", "clients_missing", "upload_refused", "eval_refused", "domain_left_out",
+               "round_skipped", "update_clipped")
+
+
+def named_clients(event: dict[str, Any]) -> list[str]:
+    """The clients (or domain) an event names."""
+    if "client" in event:
+        return [event["client"]]
+    return list(event.get("clients") or []) + ([event["domain"]] if "domain" in event else [])
+
+
+def launch(procs: Processes, config: dict[str, Any], timeout: float, kill: subprocess.Popen | None) -> tuple[int, str]:
+    """`flwr run` on ``procs``' SuperLink; SIGKILL ``kill``'s process group once round 0 is evaluated. (exit code,
+    last output lines)."""
+    log_path = procs.home / "run.log"
+    with log_path.open("w") as log:
+        run = subprocess.Popen(flwr_run_args(config, None), env=procs.env, cwd=ROOT, stdout=log,
+                               stderr=subprocess.STDOUT)
+        try:
+            if kill is not None:
+                wait_for_round(Path(config["output-dir"]) / config["run-name"] / "metrics.json", run, 0, timeout)
+                os.killpg(kill.pid, signal.SIGKILL)
+            run.wait(timeout=timeout)
+        except (TimeoutError, subprocess.TimeoutExpired) as exc:
+            log.write(f"\n{exc}\n")
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    tail = " | ".join(log_path.read_text().strip().splitlines()[-3:])[-400:]
+    return run.returncode, tail
+
+
+def run_killed(config: dict[str, Any], home: Path, timeout: float) -> tuple[int, str]:
+    """Three insecure SuperNodes; the faulty client's is killed after round 0."""
+    procs = Processes(home)
+    try:
+        port = start_superlink(procs, simulation=False)
+        nodes = [start_supernode(procs, port, partition, len(DOMAINS)) for partition in range(len(DOMAINS))]
+        wait_until_count_online(procs, len(DOMAINS))
+        return launch(procs, config, timeout, kill=nodes[FAULTY])
+    finally:
+        procs.stop()
+
+
+def run_spoofed(config: dict[str, Any], home: Path, timeout: float) -> tuple[tuple[int, str], str, str]:
+    """A spoofer (client 0's partition, registered first) and the three clients' own SuperNodes, under an identity
+    file binding each name to its own node. ((exit code, output), spoofer's node id, the node bound to 'mnist')."""
+    procs = Processes(home)
+    try:
+        _, node_ids = start_authenticated_deployment(procs, [0, *range(len(DOMAINS))], len(DOMAINS))
+        spoofer, own = node_ids[0], node_ids[1:]
+        identities = home / "identities.yaml"
+        identities.write_text("".join(f"{name}: {node}\n" for name, node in zip(DOMAINS, own, strict=True)))
+        outcome = launch(procs, {**config, "train.identity-file": str(identities)}, timeout, kill=None)
+        return outcome, spoofer, own[0]
+    finally:
+        procs.stop()
+
+
+def last_accuracies(metrics: dict[str, Any], domains: list[str]) -> float | None:
+    """Mean over ``domains`` of the last round's global accuracy on each."""
+    rows = [row for row in metrics.get("rounds", []) if all(f"global_acc_{d}" in row for d in domains)]
+    return sum(rows[-1][f"global_acc_{d}"] for d in domains) / len(domains) if rows else None
+
+
+def judge_killed(metrics: dict[str, Any], rounds: int, control: dict[str, Any], max_drop: float) -> list[str]:
+    """What the killed-SuperNode run did wrong (empty: passed)."""
+    lost, survivors = DOMAINS[FAULTY], [d for i, d in enumerate(DOMAINS) if i != FAULTY]
+    rows = {row["round"]: row for row in metrics.get("rounds", [])}
+    problems = [f"round {r} not recorded" for r in range(rounds + 1) if "global_acc_pooled" not in rows.get(r, {})]
+    problems += [f"round {r}: '{d}' not evaluated" for r in sorted(rows) for d in survivors
+                 if f"global_acc_{d}" not in rows[r]]
+    if f"global_acc_{lost}" not in rows.get(0, {}):
+        problems.append(f"'{lost}' not evaluated in round 0, before the kill")
+    events = [e for e in metrics.get("events", []) if e["kind"] in LOSS_EVENTS]
+    if not any(lost in named_clients(e) and e.get("reason") for e in events):
+        problems.append(f"no event names '{lost}' with a reason")
+    problems += [f"{e['kind']} in round {e.get('round')} names {d}" for e in events for d in survivors
+                 if d in named_clients(e)]
+    return problems + accuracy_problems(metrics, control, survivors, max_drop)
+
+
+def judge_spoofed(metrics: dict[str, Any], rounds: int, control: dict[str, Any], max_drop: float, spoofer: str,
+                  bound: str) -> list[str]:
+    """What the spoofed-name run did wrong (empty: passed)."""
+    rows = {row["round"]: row for row in metrics.get("rounds", [])}
+    problems = [f"round {r} not recorded" for r in range(rounds + 1) if "global_acc_pooled" not in rows.get(r, {})]
+    problems += [f"round {r}: '{d}' not evaluated" for r in sorted(rows) for d in DOMAINS
+                 if f"global_acc_{d}" not in rows[r]]
+    events = [e for e in metrics.get("events", []) if e["kind"] in LOSS_EVENTS]
+    refusals = [e for e in events if e.get("client") == f"node {spoofer}" and e.get("claimed") == DOMAINS[0]
+                and f"binds to node {bound}" in e.get("reason", "")]
+    uploads = {e["round"] for e in refusals if e["kind"] == "upload_refused"}
+    if 0 not in uploads or not uploads - {0}:
+        problems.append(f"the spoofer's uploads were refused in rounds {sorted(uploads)}, not in round 0 and later")
+    if not any(e["kind"] == "eval_refused" for e in refusals):
+        problems.append("no evaluation of the spoofer refused")
+    problems += [f"{e['kind']} in round {e.get('round')}: {e.get('reason', '')[:120]}" for e in events
+                 if e not in refusals]
+    return problems + accuracy_problems(metrics, control, list(DOMAINS), max_drop)
+
+
+def accuracy_problems(metrics: dict[str, Any], control: dict[str, Any], domains: list[str],
+                      max_drop: float) -> list[str]:
+    """A final accuracy over ``domains`` more than ``max_drop`` below the control's, or none to compare."""
+    accuracy, reference = last_accuracies(metrics, domains), last_accuracies(control, domains)
+    if accuracy is None or reference is None:
+        return ["no final accuracy of this run or the control to compare"]
+    if accuracy < reference - max_drop:
+        return [f"final accuracy {accuracy:.3f} is more than {max_drop:.2f} below the control's {reference:.3f}"]
+    return []
+
+
+def describe(kind: str, metrics: dict[str, Any], control: dict[str, Any]) -> str:
+    """What the run lost, and its final accuracy beside the control's on the clients it compares."""
+    events = [e for e in metrics.get("events", []) if e["kind"] in LOSS_EVENTS]
+    shown = sorted({f"{e['kind']} {', '.join(named_clients(e))} in round {e.get('round')}" for e in events})
+    domains = [d for i, d in enumerate(DOMAINS) if i != FAULTY] if kind == KILLED else list(DOMAINS)
+    accuracy, reference = last_accuracies(metrics, domains), last_accuracies(control, domains)
+    first = next((e.get("reason", "") for e in events), "")
+    return (f"lost: {'; '.join(shown) or 'nothing'}" + (f" (first reason: {first[:160]})" if first else "")
+            + f"; final acc on {', '.join(domains)} "
+            + ("none" if accuracy is None else f"{accuracy:.3f}")
+            + ("" if reference is None else f" (control {reference:.3f})"))
+
+
+def deployment_case(kind: str, config: dict[str, Any], home: Path, rounds: int, control_run: Path,
+                    max_drop: float, timeout: float) -> tuple[bool, str]:
+    """Run one deployment case with ``config`` (the matrix's control config); whether it passed, and its report."""
+    home.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(config["output-dir"]) / config["run-name"]
+    if kind == KILLED:
+        (returncode, tail) = run_killed(config, home, timeout)
+        spoofer = bound = ""
+    else:
+        (returncode, tail), spoofer, bound = run_spoofed(config, home, timeout)
+    metrics, control = read_metrics(run_dir), read_metrics(control_run)
+    finished = returncode == 0 and (run_dir / "summary.md").exists()
+    problems = [] if finished else [f"flwr exit code {returncode}; last output: {tail}"]
+    if kind == KILLED:
+        problems += judge_killed(metrics, rounds, control, max_drop)
+    else:
+        problems += judge_spoofed(metrics, rounds, control, max_drop, spoofer, bound)
+    status = f"finished (rounds 0-{rounds})" if finished else "NOT finished"
+    verdict = "PROBLEMS: " + "; ".join(problems) if problems else "kept: every round recorded, the others evaluated"
+    return not problems, f"{status}; {describe(kind, metrics, control)}; {verdict}"
+

@@ -14,14 +14,16 @@ matrix's WarmFed config, judged against the matrix's (simulation) no-fault contr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.fault_cases import DOMAINS, FAULTY, read_metrics
-from benchmarks.harness import ROOT, Processes, flwr_run_args, start_superlink, start_supernode, wait_for_round
+from benchmarks.harness import ROOT, Processes, flwr_run_args, run_statuses, start_superlink, start_supernode
 from benchmarks.node_auth import start_authenticated_deployment, wait_until_count_online
 
 KILLED = "killed-supernode"
@@ -39,29 +41,55 @@ def named_clients(event: dict[str, Any]) -> list[str]:
     return list(event.get("clients") or []) + ([event["domain"]] if "domain" in event else [])
 
 
-def launch(procs: Processes, config: dict[str, Any], timeout: float, kill: subprocess.Popen | None) -> tuple[int, str]:
-    """`flwr run` on ``procs``' SuperLink; SIGKILL ``kill``'s process group once round 0 is evaluated. (exit code,
-    last output lines)."""
+def round_evaluated(metrics: Path, server_round: int) -> bool:
+    """Whether the run's metrics.json records the evaluation of ``server_round``."""
+    try:
+        rounds = json.loads(metrics.read_text())["rounds"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(row["round"] == server_round and "clients_evaluated" in row for row in rounds)
+
+
+def latest_status(procs: Processes) -> str:
+    """The status of the newest run the SuperLink lists ('' when none, or when the Control API did not answer)."""
+    try:
+        statuses = run_statuses(procs)
+    except (subprocess.SubprocessError, ValueError, KeyError):
+        return ""
+    return statuses[-1] if statuses else ""
+
+
+def launch(procs: Processes, config: dict[str, Any], timeout: float, kill: subprocess.Popen | None) -> tuple[str, str]:
+    """Submit the run to ``procs``' SuperLink and wait until the SuperLink lists it as finished; SIGKILL ``kill``'s
+    process group once round 0 is evaluated. (the run's status, the last lines of its log).
+
+    The end of `flwr run --stream` says nothing: its log stream also ends when the SuperLink's Control API fails a
+    request (measured on Flower 1.42 with 4 SuperNodes: 'database is locked' in the SQLite state), while the run
+    goes on. So the stream only records the log, and the run's status comes from `flwr ls`."""
     log_path = procs.home / "run.log"
+    metrics = Path(config["output-dir"]) / config["run-name"] / "metrics.json"
+    status = ""
     with log_path.open("w") as log:
-        run = subprocess.Popen(flwr_run_args(config, None), env=procs.env, cwd=ROOT, stdout=log,
-                               stderr=subprocess.STDOUT)
+        stream = subprocess.Popen(flwr_run_args(config, None), env=procs.env, cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
         try:
-            if kill is not None:
-                wait_for_round(Path(config["output-dir"]) / config["run-name"] / "metrics.json", run, 0, timeout)
-                os.killpg(kill.pid, signal.SIGKILL)
-            run.wait(timeout=timeout)
-        except (TimeoutError, subprocess.TimeoutExpired) as exc:
-            log.write(f"\n{exc}\n")
+            while time.time() < deadline and not status.startswith("finished"):
+                time.sleep(2.0)
+                if kill is not None and kill.poll() is None and round_evaluated(metrics, 0):
+                    os.killpg(kill.pid, signal.SIGKILL)
+                status = latest_status(procs)
+                if not status and stream.poll() not in (None, 0):
+                    break  # the submission itself failed
         finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+            if stream.poll() is None:
+                stream.kill()
+            stream.wait()
     tail = " | ".join(log_path.read_text().strip().splitlines()[-3:])[-400:]
-    return run.returncode, tail
+    return status or f"not finished after {timeout:.0f} s", tail
 
 
-def run_killed(config: dict[str, Any], home: Path, timeout: float) -> tuple[int, str]:
+def run_killed(config: dict[str, Any], home: Path, timeout: float) -> tuple[str, str]:
     """Three insecure SuperNodes; the faulty client's is killed after round 0."""
     procs = Processes(home)
     try:
@@ -73,9 +101,9 @@ def run_killed(config: dict[str, Any], home: Path, timeout: float) -> tuple[int,
         procs.stop()
 
 
-def run_spoofed(config: dict[str, Any], home: Path, timeout: float) -> tuple[tuple[int, str], str, str]:
+def run_spoofed(config: dict[str, Any], home: Path, timeout: float) -> tuple[tuple[str, str], str, str]:
     """A spoofer (client 0's partition, registered first) and the three clients' own SuperNodes, under an identity
-    file binding each name to its own node. ((exit code, output), spoofer's node id, the node bound to 'mnist')."""
+    file binding each name to its own node. ((status, output), spoofer's node id, the node bound to 'mnist')."""
     procs = Processes(home)
     try:
         _, node_ids = start_authenticated_deployment(procs, [0, *range(len(DOMAINS))], len(DOMAINS))
@@ -161,13 +189,13 @@ def deployment_case(kind: str, config: dict[str, Any], home: Path, rounds: int, 
     home.mkdir(parents=True, exist_ok=True)
     run_dir = Path(config["output-dir"]) / config["run-name"]
     if kind == KILLED:
-        (returncode, tail) = run_killed(config, home, timeout)
+        status, tail = run_killed(config, home, timeout)
         spoofer = bound = ""
     else:
-        (returncode, tail), spoofer, bound = run_spoofed(config, home, timeout)
+        (status, tail), spoofer, bound = run_spoofed(config, home, timeout)
     metrics, control = read_metrics(run_dir), read_metrics(control_run)
-    finished = returncode == 0 and (run_dir / "summary.md").exists()
-    problems = [] if finished else [f"flwr exit code {returncode}; last output: {tail}"]
+    finished = status == "finished:completed" and (run_dir / "summary.md").exists()
+    problems = [] if finished else [f"run status {status}; last output: {tail}"]
     if kind == KILLED:
         problems += judge_killed(metrics, rounds, control, max_drop)
     else:

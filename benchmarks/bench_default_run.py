@@ -1,16 +1,16 @@
 """Time the README's default `flwr run . --stream` and measure the peak memory of its whole process tree.
 
 Runs the README command (local SuperLink started by `flwr run`, 4 simulated SuperNodes) under a private
-FLWR_HOME, with a fresh cache (``--cache-dir`` unset: the tiny foundation is built and nothing is cached)
-or a given one (``--cache-dir DIR``: whatever DIR holds is reused). Every second it sums the memory of every
-process that carries this FLWR_HOME in its environment (the `flwr` command, the SuperLink, the SuperExec,
-the ServerApp, Ray and its actors inherit it), as PSS (shared pages split between the processes sharing them)
-and as RSS (shared pages counted in every process, an upper bound). At the end it stops that SuperLink and
-prints the wall time, both peaks and the run's per-stage seconds from metrics.json.
+FLWR_HOME, with a fresh cache (``--cache-dir`` unset: the digits benchmark is built afresh; the tiny foundation
+ships with the package) or a given one (``--cache-dir DIR``: whatever DIR holds is reused). Every second it sums
+the memory of every process that carries this FLWR_HOME in its environment (the `flwr` command, the SuperLink,
+the SuperExec, the ServerApp, Ray and its actors inherit it), as PSS (shared pages split between the processes
+sharing them) and as RSS (shared pages counted in every process, an upper bound). At the end it stops that
+SuperLink and prints the wall time, both peaks and the run's per-stage seconds from metrics.json.
 
 Usage (from the repository root, with the README's venv active):
 
-    python benchmarks/bench_default_run.py                         # uncached: builds the foundation
+    python benchmarks/bench_default_run.py                         # empty cache: builds the benchmark
     python benchmarks/bench_default_run.py --cache-dir /tmp/cache  # reuse /tmp/cache (run it twice: cached)
 """
 

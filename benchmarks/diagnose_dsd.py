@@ -1,12 +1,13 @@
-"""Why does DSD end below pFedSD? Rounds 4 and 5 of the personalization replayed from finished DSD runs.
+"""Why does DSD end below pFedSD? The last two rounds of the personalization replayed from finished DSD runs.
 
-For each run (a WarmFed + DSD run directory with its checkpoints), each client and each replayed round r, the student
-starts from the global model the client received in round r (server checkpoint of round r-1) and distills for
-``personalization.epochs`` on its train split from the client's own logit pool as of round r-1 (its state snapshot):
-the same starting point for every teacher rule, so that only the rule differs. Each rule runs ``--trials`` times with
-different training seeds (trial 0 uses the run's own seed) to measure how much a round's result moves by chance.
-Accuracies are on each client's test split, the split the personalized tables report; this diagnostic explains
-those tables and chooses no default.
+For each run (a WarmFed + DSD run directory with its checkpoints), each client and each of the last two rounds r (the
+newest checkpoints and client snapshots a run keeps), the student starts from the global model the client received in
+round r (server checkpoint of round r-1) and distills for ``personalization.epochs`` on its train split from the
+client's own logit pool as of round r-1 (its state snapshot): the same starting point for every teacher rule, so that
+only the rule differs. Each rule runs ``--trials`` times with different training seeds (trial 0 uses the run's own
+seed) to measure how much a round's result moves by chance. The replay runs on the CPU (trial 0 matches a CPU run up
+to floating-point summation order). Accuracies are on each client's test split, the split the personalized tables
+report; this diagnostic explains those tables and chooses no default.
 
 Usage (from the repository root; run directories keep ``checkpoints/`` until pruned):
 
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import yaml
 
+from clients.base import POOL
+from clients.state import ClientStateStore, client_state_dir
 from warmfed_flwr.checkpoint import checkpoint_dir, read_checkpoint
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.data import load_benchmark
@@ -34,20 +37,20 @@ from warmfed_flwr.personalization import (
     gumbel_tau,
     select_teachers,
 )
+from warmfed_flwr.runtime import cache_dir
 from warmfed_flwr.training import evaluate, resolve_device, set_weights, train_epochs
 
-ROUNDS = (4, 5)
 Rule = Callable[[LogitPool, torch.Tensor, int, int, ExperimentConfig, int], tuple[torch.Tensor | None, float]]
 """(pool, train labels, round, total rounds, config, seed) -> (teacher logits or None, share of round t-2)."""
 
 
-def selector(tau_end: float | None, sees_label: bool) -> Rule:
-    """DSD's learned per-sample choice (``tau_end`` None: the run's own)."""
+def selector(tau_end: float, sees_label: bool) -> Rule:
+    """DSD's learned per-sample choice, annealed to ``tau_end`` in the last round."""
 
     def rule(pool: LogitPool, labels: torch.Tensor, round_idx: int, total: int, cfg: ExperimentConfig,
              seed: int) -> tuple[torch.Tensor | None, float]:
         p = cfg.personalization
-        tau = gumbel_tau(round_idx, total, p.tau_start, p.tau_end if tau_end is None else tau_end)
+        tau = gumbel_tau(round_idx, total, p.tau_start, tau_end)
         candidates = torch.stack([torch.from_numpy(e) for e in pool.entries])
         teacher, choice = select_teachers(candidates, labels, tau, p.selector_steps, p.selector_lr, seed, sees_label)
         return teacher, float((choice == 1).float().mean())
@@ -77,11 +80,9 @@ RULES: dict[str, Rule] = {
 }
 
 
-def client_state(run_dir: Path, client: str, algo_round: int) -> dict[str, np.ndarray]:
-    """The client's state snapshot after ``algo_round``."""
-    with np.load(checkpoint_dir(run_dir) / "clients" / client / f"round-{algo_round:04d}.npz",
-                 allow_pickle=False) as arrays:
-        return {key: arrays[key] for key in arrays.files}
+def client_pool(run_dir: Path, client: str, algo_round: int) -> LogitPool:
+    """The client's DSD logit pool after ``algo_round`` (its state snapshot; CheckpointError when there is none)."""
+    return LogitPool.from_arrays(ClientStateStore(client_state_dir(run_dir, client)).load(algo_round).get(POOL, {}))
 
 
 def global_received(run_dir: Path, algo_round: int) -> list[np.ndarray]:
@@ -98,14 +99,15 @@ def replay_run(run_dir: Path, trials: int) -> dict[tuple[str, int], dict[str, li
     't2_share', 'client' and 'trial'."""
     flat = yaml.safe_load((run_dir / "config.yaml").read_text())
     cfg = resolve({k: v for k, v in flat.items() if k not in ("output-dir", "run-name")})
+    if cfg.train.rounds < 3:
+        raise SystemExit(f"{run_dir}: train.rounds = {cfg.train.rounds}; the replay needs at least 3 rounds")
     device = resolve_device("cpu")
-    benchmark = load_benchmark(cfg.data, cfg.seed, Path(cfg.cache_dir))
-    results: dict[tuple[str, int], dict[str, list[float]]] = {}
-    for round_idx in ROUNDS:
+    benchmark = load_benchmark(cfg.data, cfg.seed, cache_dir(cfg))
+    results: dict[tuple[str, int], dict[str, list]] = {}
+    for round_idx in (cfg.train.rounds - 1, cfg.train.rounds):
         weights = global_received(run_dir, round_idx)
         for partition_id, client in enumerate(benchmark.clients):
-            state = client_state(run_dir, client.name, round_idx - 1)
-            pool = LogitPool.from_arrays({k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("dsd-pool/")})
+            pool = client_pool(run_dir, client.name, round_idx - 1)
             labels = torch.as_tensor([int(client.train[i][1]) for i in range(len(client.train))])
             for name, rule in RULES.items():
                 cell = results.setdefault((name, round_idx), {"acc": [], "teacher_acc": [], "t2_share": [],
@@ -145,13 +147,13 @@ def summarize(per_run: list[dict[tuple[str, int], dict[str, list]]], trials: int
             teacher += [a for a in cell["teacher_acc"] if not np.isnan(a)]
             share += cell["t2_share"]
         rows.append(f"| {name} | {round_idx} | {pct(means)} | {100 * statistics.mean(spreads):.1f} | {pct(digits)} | "
-                    + (f"{pct(teacher)} | " if teacher else "- | ") + f"{100 * statistics.mean(share):.0f} % |")
+                    + f"{pct(teacher)} | " + f"{100 * statistics.mean(share):.0f} % |")
     return rows
 
 
 def pct(values: list[float]) -> str:
-    """'mean ± population std' in %."""
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.pstdev(values):.1f}"
+    """'mean ± population std' in %, '-' for no values."""
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.pstdev(values):.1f}" if values else "-"
 
 
 def main() -> None:

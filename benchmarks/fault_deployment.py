@@ -14,7 +14,6 @@ matrix's WarmFed config, judged against the matrix's (simulation) no-fault contr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.fault_cases import DOMAINS, FAULTY, read_metrics
-from benchmarks.harness import ROOT, Processes, flwr_run_args, run_statuses, start_superlink, start_supernode
+from benchmarks.harness import (
+    ROOT,
+    Processes,
+    flwr_run_args,
+    round_evaluated,
+    run_statuses,
+    start_superlink,
+    start_supernode,
+)
 from benchmarks.node_auth import start_authenticated_deployment, wait_until_count_online
 
 KILLED = "killed-supernode"
@@ -41,15 +48,6 @@ def named_clients(event: dict[str, Any]) -> list[str]:
     return list(event.get("clients") or []) + ([event["domain"]] if "domain" in event else [])
 
 
-def round_evaluated(metrics: Path, server_round: int) -> bool:
-    """Whether the run's metrics.json records the evaluation of ``server_round``."""
-    try:
-        rounds = json.loads(metrics.read_text())["rounds"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return any(row["round"] == server_round and "clients_evaluated" in row for row in rounds)
-
-
 def latest_status(procs: Processes) -> str:
     """The status of the newest run the SuperLink lists ('' when none, or when the Control API did not answer)."""
     try:
@@ -61,7 +59,7 @@ def latest_status(procs: Processes) -> str:
 
 def launch(procs: Processes, config: dict[str, Any], timeout: float, kill: subprocess.Popen | None) -> tuple[str, str]:
     """Submit the run to ``procs``' SuperLink and wait until the SuperLink lists it as finished; SIGKILL ``kill``'s
-    process group once round 0 is evaluated. (the run's status, the last lines of its log).
+    process group once round 0 is evaluated. Returns the run's status and the last lines of its log.
 
     The end of `flwr run --stream` says nothing: its log stream also ends when the SuperLink's Control API fails a
     request (measured on Flower 1.42 with 4 SuperNodes: 'database is locked' in the SQLite state), while the run
@@ -188,11 +186,14 @@ def deployment_case(kind: str, config: dict[str, Any], home: Path, rounds: int, 
     """Run one deployment case with ``config`` (the matrix's control config); whether it passed, and its report."""
     home.mkdir(parents=True, exist_ok=True)
     run_dir = Path(config["output-dir"]) / config["run-name"]
-    if kind == KILLED:
-        status, tail = run_killed(config, home, timeout)
-        spoofer = bound = ""
-    else:
-        (status, tail), spoofer, bound = run_spoofed(config, home, timeout)
+    spoofer = bound = ""
+    try:
+        if kind == KILLED:
+            status, tail = run_killed(config, home, timeout)
+        else:
+            (status, tail), spoofer, bound = run_spoofed(config, home, timeout)
+    except (TimeoutError, subprocess.SubprocessError, OSError) as exc:  # the deployment did not start
+        status, tail = "not started", f"{type(exc).__name__}: {exc}"
     metrics, control = read_metrics(run_dir), read_metrics(control_run)
     finished = status == "finished:completed" and (run_dir / "summary.md").exists()
     problems = [] if finished else [f"run status {status}; last output: {tail}"]

@@ -116,25 +116,31 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text(), parse_constant=refuse)
 
 
-def wait_for_round(metrics: str | Path, run: subprocess.Popen, server_round: int, timeout: float) -> None:
-    """Block until the run recorded the evaluation of ``server_round``."""
+def round_evaluated(metrics: str | Path, algo_round: int) -> bool:
+    """Whether the run's metrics.json records the evaluation of algorithm round ``algo_round``."""
+    try:
+        rows = json.loads(Path(metrics).read_text())["rounds"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(row["round"] == algo_round and "clients_evaluated" in row for row in rows)
+
+
+def wait_for_round(metrics: str | Path, run: subprocess.Popen, algo_round: int, timeout: float) -> None:
+    """Block until the run recorded the evaluation of algorithm round ``algo_round``."""
     deadline = time.time() + timeout
     while time.time() < deadline and run.poll() is None:
-        try:
-            rounds = json.loads(Path(metrics).read_text())["rounds"]
-        except (OSError, ValueError):
-            rounds = []
-        if any(r["round"] == server_round and "clients_evaluated" in r for r in rounds):
+        if round_evaluated(metrics, algo_round):
             return
         time.sleep(0.5)
-    raise TimeoutError(f"round {server_round} not evaluated within {timeout:.0f} s (run exit code {run.poll()})")
+    raise TimeoutError(f"round {algo_round} not evaluated within {timeout:.0f} s (run exit code {run.poll()})")
 
 
 def start_supernode(procs: Processes, superlink_port: int, partition_id: int, num_partitions: int,
-                    extra: tuple[str, ...] = ("--insecure",)) -> subprocess.Popen:
-    """Start a SuperNode for ``partition_id`` connected to the SuperLink."""
+                    extra: tuple[str, ...] = ("--insecure",), log_name: str = "") -> subprocess.Popen:
+    """Start a SuperNode for ``partition_id`` connected to the SuperLink (its log: ``<log_name>.log``, by default
+    supernode-<partition id>.log)."""
     return procs.start(
-        f"supernode-{partition_id}", str(BIN / "flower-supernode"), *extra,
+        log_name or f"supernode-{partition_id}", str(BIN / "flower-supernode"), *extra,
         "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(free_port()),
         "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
     )

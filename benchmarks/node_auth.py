@@ -67,8 +67,12 @@ def flwr_json(procs: Processes, *args: str) -> dict:
 
 
 def online_node_ids(procs: Processes) -> set[str]:
-    """The ids of the SuperNodes the SuperLink lists as online."""
-    return {node["node-id"] for node in flwr_json(procs, "supernode", "list")["nodes"] if node["status"] == "online"}
+    """The ids of the SuperNodes the SuperLink lists as online (none when the Control API did not answer)."""
+    try:
+        nodes = flwr_json(procs, "supernode", "list")["nodes"]
+    except (subprocess.SubprocessError, ValueError, KeyError):
+        return set()
+    return {node["node-id"] for node in nodes if node["status"] == "online"}
 
 
 def wait_until_online(procs: Processes, node_ids: set[str], timeout: float = 120.0) -> None:
@@ -103,6 +107,7 @@ def start_authenticated_deployment(
         private_key = procs.home / f"supernode-key-{index}"
         node_ids.append(str(flwr_json(procs, "supernode", "register", str(write_node_key(private_key)))["node-id"]))
         start_supernode(procs, port, partition_id, num_partitions, extra=(
-            "--root-certificates", str(ca_cert), "--auth-supernode-private-key", str(private_key)))
+            "--root-certificates", str(ca_cert), "--auth-supernode-private-key", str(private_key)),
+            log_name=f"supernode-{index}")
     wait_until_online(procs, set(node_ids))
     return port, node_ids

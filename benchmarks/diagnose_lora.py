@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
+from benchmarks.colour_public_pool import recoloured
 from benchmarks.diagnose_globalization import validation_splits
 from warmfed_flwr.config import ExperimentConfig, resolve
-from warmfed_flwr.data import default_cache_dir
+from warmfed_flwr.data import ClientSplit, default_cache_dir
 from warmfed_flwr.models import seeded_model
 from warmfed_flwr.protocol import EMBEDDINGS
 from warmfed_flwr.training import predict_logits, resolve_device, seed_everything, train_epochs
@@ -63,13 +64,29 @@ def fidelity(judge: torch.nn.Module, synthetic: Dataset, labels: torch.Tensor, d
     return float((predicted == labels).float().mean())
 
 
+def recolour_split(client: ClientSplit, seed: int) -> ClientSplit:
+    """``client`` with its fit and validation images recoloured as the colour public pool is (a third kept grey, a
+    third flat colours, a third over photo crops): the same shapes in colours the foundation never drew."""
+
+    def recolour(part: TensorDataset, offset: int) -> TensorDataset:
+        images, labels = part.tensors
+        grey = images.mul(255.0).round().byte().permute(0, 2, 3, 1).numpy()
+        coloured = torch.from_numpy(recoloured(grey, seed + offset)).permute(0, 3, 1, 2).float().div(255.0)
+        return TensorDataset(coloured.contiguous(), labels)
+
+    return ClientSplit(client.name, client.domain, recolour(client.train, 0), recolour(client.test, 1))
+
+
 def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path, out_dir: Path,
-             domains: list[str] | None = None) -> dict[str, dict[str, tuple]]:
-    """Every variant's (TSTR, fidelity) per client (of ``domains``, default all) for one seed."""
+             domains: list[str] | None = None, recolour: bool = False) -> dict[str, dict[str, tuple]]:
+    """Every variant's (TSTR, fidelity) per client (of ``domains``, default all; ``recolour``: its images
+    recoloured) for one seed."""
     base_cfg = resolve({**overrides, "seed": seed})
     device = resolve_device(base_cfg.device)
     class_names, clients = validation_splits(base_cfg, cache_dir)
     clients = [client for client in clients if not domains or client.domain in domains]
+    if recolour:
+        clients = [recolour_split(client, seed) for client in clients]
     judges = real_judges(base_cfg, clients, len(class_names), device)
     results: dict[str, dict[str, tuple]] = {}
     for name, change in VARIANTS.items():
@@ -111,6 +128,8 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     parser.add_argument("--domains", nargs="*", default=None, help="client domains to run (default: all)")
+    parser.add_argument("--recolour", action="store_true",
+                        help="recolour the clients' images (does colour alone wash out the class?)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--grids", type=Path, default=Path("/tmp/diagnose_lora"))
     args = parser.parse_args()
@@ -119,14 +138,16 @@ def main() -> None:
             if name not in args.only:
                 del VARIANTS[name]
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.sets)}
-    per_seed = [run_seed(seed, overrides, default_cache_dir(), args.grids, args.domains) for seed in args.seeds]
+    per_seed = [run_seed(seed, overrides, default_cache_dir(), args.grids, args.domains, args.recolour)
+                for seed in args.seeds]
     clients = list(next(iter(per_seed[0].values())))
     lines = [
         "# Client LoRA diagnostic (validation accuracy, %)", "",
         f"Command: `python -m benchmarks.diagnose_lora --seeds {' '.join(map(str, args.seeds))}"
         + (f" --set {' '.join(args.sets)}" if args.sets else "")
         + (f" --only {' '.join(repr(v) for v in VARIANTS)}" if args.only else "")
-        + (f" --domains {' '.join(args.domains)}" if args.domains else "") + f" --out {args.out}`", "",
+        + (f" --domains {' '.join(args.domains)}" if args.domains else "")
+        + (" --recolour" if args.recolour else "") + f" --out {args.out}`", "",
         "Per client: TSTR = a classifier trained on its synthetic images, tested on its validation part; "
         "fidelity = a judge trained on its real fit part labels the synthetic images. Mean ± std over seeds.", "",
         "| variant | " + " | ".join(f"{c} TSTR | {c} fidelity" for c in clients) + " | mean TSTR (non-public) |",
@@ -138,7 +159,8 @@ def main() -> None:
         for client in clients:
             cells.append(_cell([result[name][client][0] for result in per_seed]))
             cells.append(_cell([result[name][client][1] for result in per_seed]))
-        mean = _cell([statistics.mean(result[name][c][0] for c in non_public) for result in per_seed])
+        mean = (_cell([statistics.mean(result[name][c][0] for c in non_public) for result in per_seed])
+                if non_public else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -48,6 +48,19 @@ def named_clients(event: dict[str, Any]) -> list[str]:
     return list(event.get("clients") or []) + ([event["domain"]] if "domain" in event else [])
 
 
+def loss_events(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events that record a loss (a failed, missing or refused client, a left-out domain, ...)."""
+    return [e for e in metrics.get("events", []) if e["kind"] in LOSS_EVENTS]
+
+
+def unrecorded(metrics: dict[str, Any], rounds: int, domains: list[str]) -> list[str]:
+    """Rounds 0..``rounds`` without a pooled accuracy, and recorded rounds where one of ``domains`` went unevaluated."""
+    rows = {row["round"]: row for row in metrics.get("rounds", [])}
+    problems = [f"round {r} not recorded" for r in range(rounds + 1) if "global_acc_pooled" not in rows.get(r, {})]
+    return problems + [f"round {r}: '{d}' not evaluated" for r in sorted(rows) for d in domains
+                       if f"global_acc_{d}" not in rows[r]]
+
+
 def latest_status(procs: Processes) -> str:
     """The status of the newest run the SuperLink lists ('' when none, or when the Control API did not answer)."""
     try:
@@ -123,13 +136,11 @@ def last_accuracies(metrics: dict[str, Any], domains: list[str]) -> float | None
 def judge_killed(metrics: dict[str, Any], rounds: int, control: dict[str, Any], max_drop: float) -> list[str]:
     """What the killed-SuperNode run did wrong (empty: passed)."""
     lost, survivors = DOMAINS[FAULTY], [d for i, d in enumerate(DOMAINS) if i != FAULTY]
-    rows = {row["round"]: row for row in metrics.get("rounds", [])}
-    problems = [f"round {r} not recorded" for r in range(rounds + 1) if "global_acc_pooled" not in rows.get(r, {})]
-    problems += [f"round {r}: '{d}' not evaluated" for r in sorted(rows) for d in survivors
-                 if f"global_acc_{d}" not in rows[r]]
-    if f"global_acc_{lost}" not in rows.get(0, {}):
+    problems = unrecorded(metrics, rounds, survivors)
+    first = next((row for row in metrics.get("rounds", []) if row["round"] == 0), {})
+    if f"global_acc_{lost}" not in first:
         problems.append(f"'{lost}' not evaluated in round 0, before the kill")
-    events = [e for e in metrics.get("events", []) if e["kind"] in LOSS_EVENTS]
+    events = loss_events(metrics)
     if not any(lost in named_clients(e) and e.get("reason") for e in events):
         problems.append(f"no event names '{lost}' with a reason")
     problems += [f"{e['kind']} in round {e.get('round')} names {d}" for e in events for d in survivors
@@ -140,11 +151,8 @@ def judge_killed(metrics: dict[str, Any], rounds: int, control: dict[str, Any], 
 def judge_spoofed(metrics: dict[str, Any], rounds: int, control: dict[str, Any], max_drop: float, spoofer: str,
                   bound: str) -> list[str]:
     """What the spoofed-name run did wrong (empty: passed)."""
-    rows = {row["round"]: row for row in metrics.get("rounds", [])}
-    problems = [f"round {r} not recorded" for r in range(rounds + 1) if "global_acc_pooled" not in rows.get(r, {})]
-    problems += [f"round {r}: '{d}' not evaluated" for r in sorted(rows) for d in DOMAINS
-                 if f"global_acc_{d}" not in rows[r]]
-    events = [e for e in metrics.get("events", []) if e["kind"] in LOSS_EVENTS]
+    problems = unrecorded(metrics, rounds, list(DOMAINS))
+    events = loss_events(metrics)
     refusals = [e for e in events if e.get("client") == f"node {spoofer}" and e.get("claimed") == DOMAINS[0]
                 and f"binds to node {bound}" in e.get("reason", "")]
     uploads = {e["round"] for e in refusals if e["kind"] == "upload_refused"}
@@ -170,7 +178,7 @@ def accuracy_problems(metrics: dict[str, Any], control: dict[str, Any], domains:
 
 def describe(kind: str, metrics: dict[str, Any], control: dict[str, Any]) -> str:
     """What the run lost, and its final accuracy beside the control's on the clients it compares."""
-    events = [e for e in metrics.get("events", []) if e["kind"] in LOSS_EVENTS]
+    events = loss_events(metrics)
     shown = sorted({f"{e['kind']} {', '.join(named_clients(e))} in round {e.get('round')}" for e in events})
     domains = [d for i, d in enumerate(DOMAINS) if i != FAULTY] if kind == KILLED else list(DOMAINS)
     accuracy, reference = last_accuracies(metrics, domains), last_accuracies(control, domains)

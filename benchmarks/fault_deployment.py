@@ -7,6 +7,8 @@ matrix's WarmFed config, judged against the matrix's (simulation) no-fault contr
   ``max_drop`` below the control's on the same two clients.
 - ``spoofed-name``: TLS and SuperNode authentication with four registered SuperNodes; the first one registered and
   started runs client 0's partition, so it claims the name 'mnist', which train.identity-file binds to the second.
+  Its prompts carry its own domain phrase, so its upload is not byte-identical to the real mnist node's, as a real
+  spoofer's would not be (``SPOOFER_NODE_CONFIG``).
   Passes when the spoofer's uploads (round 0 and later) and evaluations are refused, each refusal naming its node
   and the bound node, nothing else is lost, every client is evaluated in every round by its own node, and the final
   pooled accuracy is at most ``max_drop`` below the control's.
@@ -37,6 +39,7 @@ KILLED = "killed-supernode"
 SPOOFED = "spoofed-name"
 DEPLOYMENT_KINDS = (KILLED, SPOOFED)
 CASE_NAMES = {KILLED: "killed SuperNode", SPOOFED: "spoofed name"}
+SPOOFER_NODE_CONFIG = 'domain-phrase="a forged mnist"'
 LOSS_EVENTS = ("client_failed", "clients_missing", "upload_refused", "eval_refused", "domain_left_out",
                "round_skipped", "update_clipped")
 
@@ -117,7 +120,8 @@ def run_spoofed(config: dict[str, Any], home: Path, timeout: float) -> tuple[tup
     file binding each name to its own node. ((status, output), spoofer's node id, the node bound to 'mnist')."""
     procs = Processes(home)
     try:
-        _, node_ids = start_authenticated_deployment(procs, [0, *range(len(DOMAINS))], len(DOMAINS))
+        _, node_ids = start_authenticated_deployment(procs, [0, *range(len(DOMAINS))], len(DOMAINS),
+                                                     node_configs={0: SPOOFER_NODE_CONFIG})
         spoofer, own = node_ids[0], node_ids[1:]
         identities = home / "identities.yaml"
         identities.write_text("".join(f"{name}: {node}\n" for name, node in zip(DOMAINS, own, strict=True)))

@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.append(line)
             print(line, flush=True)
         for kind in kinds:
-            ok, line = matrix.deployment_line(kind, work / kind)
+            ok, line = matrix.deployment_line(kind, run_root / f"{kind}-processes")
             passed += ok
             lines.append(line)
             print(line, flush=True)

@@ -136,13 +136,14 @@ def wait_for_round(metrics: str | Path, run: subprocess.Popen, algo_round: int, 
 
 
 def start_supernode(procs: Processes, superlink_port: int, partition_id: int, num_partitions: int,
-                    extra: tuple[str, ...] = ("--insecure",), log_name: str = "") -> subprocess.Popen:
+                    extra: tuple[str, ...] = ("--insecure",), log_name: str = "",
+                    node_config: str = "") -> subprocess.Popen:
     """Start a SuperNode for ``partition_id`` connected to the SuperLink (its log: ``<log_name>.log``, by default
-    supernode-<partition id>.log)."""
+    supernode-<partition id>.log), with ``node_config`` ('key="value" ...') added to its node config."""
     return procs.start(
         log_name or f"supernode-{partition_id}", str(BIN / "flower-supernode"), *extra,
         "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(free_port()),
-        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions} {node_config}".strip(),
     )
 
 

@@ -94,10 +94,11 @@ def wait_until_count_online(procs: Processes, count: int, timeout: float = 120.0
 
 
 def start_authenticated_deployment(
-    procs: Processes, partitions: list[int], num_partitions: int
+    procs: Processes, partitions: list[int], num_partitions: int, node_configs: dict[int, str] | None = None
 ) -> tuple[int, list[str]]:
     """A TLS SuperLink with SuperNode auth and one registered SuperNode per entry of ``partitions`` (a partition may
-    repeat); return its port and their node ids, in that order, once all are online."""
+    repeat; ``node_configs`` adds node config to the SuperNode at that index); return its port and their node ids,
+    in that order, once all are online."""
     ca_cert, server_cert, server_key = write_tls_files(procs.home)
     port = start_superlink(procs, simulation=False, extra=(
         "--ssl-ca-certfile", str(ca_cert), "--ssl-certfile", str(server_cert), "--ssl-keyfile", str(server_key),
@@ -108,6 +109,6 @@ def start_authenticated_deployment(
         node_ids.append(str(flwr_json(procs, "supernode", "register", str(write_node_key(private_key)))["node-id"]))
         start_supernode(procs, port, partition_id, num_partitions, extra=(
             "--root-certificates", str(ca_cert), "--auth-supernode-private-key", str(private_key)),
-            log_name=f"supernode-{index}")
+            log_name=f"supernode-{index}", node_config=(node_configs or {}).get(index, ""))
     wait_until_online(procs, set(node_ids))
     return port, node_ids

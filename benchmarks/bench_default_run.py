@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 LOCAL_SUPERLINK = ("127.0.0.1", 39091)
 """Where `flwr run .` starts (or finds and reuses) its local SuperLink."""
+README_FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
+"""The README first command's `--federation-config`."""
 
 
 def listening(address: tuple[str, int]) -> bool:
@@ -108,7 +110,8 @@ def stop_tree(flwr_home: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", default="", help="reuse this cache (default: a fresh, empty one)")
-    parser.add_argument("--num-supernodes", type=int, default=4)
+    parser.add_argument("--federation-config", default=README_FEDERATION,
+                        help=f"`flwr run --federation-config` (default: the README's, {README_FEDERATION!r})")
     parser.add_argument("--run-config", default="", help="extra `--run-config` overrides, e.g. \"seed=1\"")
     parser.add_argument("--keep", action="store_true", help="keep the run directory and fresh cache")
     args = parser.parse_args()
@@ -121,7 +124,7 @@ def main() -> None:
     cache = Path(args.cache_dir).resolve() if args.cache_dir else work / "cache"
     run_config = f'cache-dir="{cache}" output-dir="{work / "runs"}" run-name="default" {args.run_config}'.strip()
     command = [str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream",
-               "--federation-config", f"num-supernodes={args.num_supernodes}", "--run-config", run_config]
+               "--federation-config", args.federation_config, "--run-config", run_config]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "FLWR_HOME": flwr_home, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     print(f"cache: {cache} ({'given' if args.cache_dir else 'fresh'}); command: {' '.join(command)}", flush=True)

@@ -187,8 +187,8 @@ def test_adapter_round_trip_and_base_restored(pipe, embeddings: torch.Tensor, tm
 
     export_adapter(state, tmp_path / "adapter")
     pipe.load_lora_weights(str(tmp_path / "adapter"), adapter_name="from-file")
-    try:
-        assert torch.equal(generate(pipe, embeddings), adapted)
+    try:  # unfused here, fused in use_adapter: the same images up to float rounding
+        torch.testing.assert_close(generate(pipe, embeddings), adapted, rtol=0, atol=1e-4)
     finally:
         pipe.unload_lora_weights()
     assert torch.equal(generate(pipe, embeddings), before)

@@ -24,6 +24,7 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig as PeftLoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from torch.utils.data import Dataset, Subset
 
@@ -224,10 +225,10 @@ def unet_adapter_schema(unet: UNet2DConditionModel, cfg: LoraConfig) -> Schema:
 
 @contextmanager
 def use_adapter(pipe: StableDiffusionPipeline, state: Mapping[str, torch.Tensor], name: str) -> Iterator[None]:
-    """Load ``state`` into the resident pipeline as adapter ``name`` for the block, then delete it again.
-
-    Deleting the adapter (and the peft wrappers once no adapter is left) restores the base weights' exact
-    outputs without reloading the pipeline.
+    """Load ``state`` into the resident pipeline as adapter ``name`` and fuse it into the UNet's weights for the
+    block (sampling then costs what the base costs: on the tiny foundation an unfused adapter's extra matmuls made
+    synthesis ~30 % slower); then unfuse and delete it, and put back the base weights it was fused into, bit for bit
+    (unfusing alone subtracts in floating point), without reloading the pipeline.
     """
     try:
         pipe.load_lora_weights(dict(state), adapter_name=name)
@@ -243,10 +244,21 @@ def use_adapter(pipe: StableDiffusionPipeline, state: Mapping[str, torch.Tensor]
             f"cannot apply LoRA adapter '{name}': {text.splitlines()[0] if text else repr(exc)}; "
             "check it with payload.validate against this pipeline's adapter_schema, as round-0 uploads are"
         ) from exc
+    base = [(layer, layer.weight.detach().clone()) for layer in _adapted_base_layers(pipe.unet)]
+    pipe.fuse_lora(components=["unet"], adapter_names=[name])
     try:
         yield
     finally:
+        pipe.unfuse_lora(components=["unet"])
         _remove_pipeline_adapter(pipe, name)
+        with torch.no_grad():
+            for layer, weight in base:
+                layer.weight.copy_(weight)
+
+
+def _adapted_base_layers(unet: UNet2DConditionModel) -> list[torch.nn.Module]:
+    """The base layers that peft LoRA wrappers hold in ``unet`` (the ones fusing changes)."""
+    return [module.get_base_layer() for module in unet.modules() if isinstance(module, BaseTunerLayer)]
 
 
 def _remove_pipeline_adapter(pipe: StableDiffusionPipeline, name: str) -> None:

@@ -2,6 +2,7 @@
 the run record's "Privacy audit" section."""
 
 import json
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -81,6 +82,19 @@ def test_float_and_uint8_layouts_and_chunk_sizes_give_the_same_audit():
     assert other.closer_to_train_share == reference.closer_to_train_share
     assert other.near_copy_share == reference.near_copy_share
     assert other.median_train_distance == pytest.approx(reference.median_train_distance, rel=1e-4)
+
+
+def test_read_only_images_give_the_same_audit_without_a_warning():
+    rng = np.random.default_rng(6)
+    train, test, synthetic = draw(60, rng), draw(60, rng), draw(40, rng)
+    reference = privacy_audit(synthetic, train, test, seed=1)["pixel"]
+    for array in (train, test, synthetic):
+        array.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_only = privacy_audit(synthetic, train, test, seed=1)["pixel"]
+    assert read_only.closer_to_train_share == reference.closer_to_train_share
+    assert read_only.median_train_distance == reference.median_train_distance
 
 
 def test_images_of_another_size_are_refused():

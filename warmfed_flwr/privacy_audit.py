@@ -58,9 +58,10 @@ def raw_images(images: Images, index: np.ndarray | None = None) -> np.ndarray | 
 
 
 def float_chunks(images: np.ndarray | torch.Tensor, size: int = CHUNK) -> Iterator[torch.Tensor]:
-    """Float32 [n,3,H,W] chunks in [0, 1] of uint8 [N,H,W,3] or float [N,3,H,W] images."""
+    """Float32 [n,3,H,W] chunks in [0, 1] of uint8 [N,H,W,3] or float [N,3,H,W] images (numpy chunks are copied,
+    so read-only arrays such as memory maps are fine)."""
     for start in range(0, len(images), size):
-        chunk = torch.as_tensor(np.asarray(images[start:start + size]) if isinstance(images, np.ndarray)
+        chunk = torch.as_tensor(np.array(images[start:start + size]) if isinstance(images, np.ndarray)
                                 else images[start:start + size])
         if chunk.dtype == torch.uint8:
             chunk = chunk.permute(0, 3, 1, 2).float().div_(255.0)

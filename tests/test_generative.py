@@ -223,6 +223,31 @@ def test_use_adapter_rejects_foreign_tensors(pipe, embeddings: torch.Tensor) -> 
     assert torch.equal(generate(pipe, embeddings), before)
 
 
+def test_a_fusing_failure_leaves_the_base_pipeline(pipe, embeddings: torch.Tensor, monkeypatch) -> None:
+    cfg = LoraConfig(rank=2, alpha=4.0, targets="to_q,to_v,conv2")
+    add_lora(pipe.unet, cfg, "random")
+    try:
+        with torch.no_grad():
+            for name, param in pipe.unet.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
+        state = lora._adapter_state(pipe.unet, "random", cfg)
+    finally:
+        lora._remove_unet_adapter(pipe.unet, "random")
+    before = generate(pipe, embeddings)
+    fuse = pipe.fuse_lora
+
+    def fuse_then_fail(**kwargs) -> None:
+        fuse(**kwargs)
+        raise RuntimeError("out of memory while fusing")
+
+    monkeypatch.setattr(pipe, "fuse_lora", fuse_then_fail)
+    with pytest.raises(RuntimeError, match="while fusing"), use_adapter(pipe, state, "half-fused"):
+        pass
+    assert not any(pipe.get_list_adapters().values())
+    assert torch.equal(generate(pipe, embeddings), before)
+
+
 def test_adapter_schema_matches_finetune(pipe) -> None:
     schema = adapter_schema(pipe, SMALL_LORA)
     one_step = SMALL_LORA.model_copy(update={"steps": 1})

@@ -245,8 +245,8 @@ def use_adapter(pipe: StableDiffusionPipeline, state: Mapping[str, torch.Tensor]
             "check it with payload.validate against this pipeline's adapter_schema, as round-0 uploads are"
         ) from exc
     base = [(layer, layer.weight.detach().clone()) for layer in _adapted_base_layers(pipe.unet)]
-    pipe.fuse_lora(components=["unet"], adapter_names=[name])
     try:
+        pipe.fuse_lora(components=["unet"], adapter_names=[name])
         yield
     finally:
         pipe.unfuse_lora(components=["unet"])

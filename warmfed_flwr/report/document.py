@@ -118,9 +118,10 @@ def run_dirs_lines(records: list[dict[str, Any]]) -> list[str]:
     return ["", f"Per-run directories (metrics.json, summary.md, accuracy.png){where}:", *lines]
 
 
-def render(title: str, command: str, records: list[dict[str, Any]], figures: list[tuple[str, str]]) -> str:
-    """The whole markdown document."""
-    lines = [*header_lines(title, command, records), *tables(records), *notes_lines(records),
+def render(title: str, command: str, records: list[dict[str, Any]], figures: list[tuple[str, str]],
+           paired: list[dict[str, Any]]) -> str:
+    """The whole markdown document, with the ``paired`` differences (paired.py) after the main table."""
+    lines = [*header_lines(title, command, records), *tables(records, paired), *notes_lines(records),
              *figures_lines(figures), *run_dirs_lines(records), ""]
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 from warmfed_flwr.report.collect import by_variant, finite, is_personal, ok_records
+from warmfed_flwr.report.paired import paired_table
 from warmfed_flwr.results import AUDIT_COLUMNS
 
 
@@ -192,8 +193,9 @@ def personal_table(records: list[dict[str, Any]]) -> list[str]:
     return markdown_table(header, [personal_row(n, rs, clients) for n, rs in by_variant(records).items()])
 
 
-def tables(records: list[dict[str, Any]]) -> list[str]:
-    """The tables the runs call for: personalized models when any run evaluated them, else the global model;
-    then synthetic data quality and the privacy audit when any run recorded them."""
+def tables(records: list[dict[str, Any]], paired: list[dict[str, Any]]) -> list[str]:
+    """The tables the runs call for: personalized models when any run evaluated them, else the global model; the
+    ``paired`` differences (paired.py); then synthetic data quality and the privacy audit when any run recorded
+    them."""
     main = personal_table(records) if is_personal(records) else global_table(records)
-    return main + quality_table(records) + privacy_table(records)
+    return main + paired_table(paired) + quality_table(records) + privacy_table(records)

@@ -1,5 +1,8 @@
 """Local differential privacy on uploads: clipping, Gaussian noise, seeding and the clients' upload points."""
 
+import json
+
+import dp_accounting
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,9 @@ from tests.fake_digits import install_fake_digits
 from warmfed_flwr import dp, payload, protocol
 from warmfed_flwr.config import key_is_used, resolve
 from warmfed_flwr.data import load_client
+from warmfed_flwr.errors import ConfigError
 from warmfed_flwr.models import build_model
+from warmfed_flwr.server_app import server_fn
 from warmfed_flwr.training import get_weights, set_weights
 
 DP_KEYS = ("privacy.noise-multiplier", "privacy.clip-norm", "privacy.adapter-clip-norm", "privacy.embedding-clip-norm")
@@ -207,3 +212,73 @@ def test_warmfed_round0_and_globalization_uploads_are_clipped_and_noised(monkeyp
     bundle = payload.encode(payload.with_prefix(payload.weights_to_named(start), protocol.MODEL_PREFIX))
     weights, _, metrics = client.fit(bundle, {protocol.STAGE: protocol.STAGE_GLOBALIZE, **ROUND1})
     assert metrics[dp.CLIPPED_METRIC] == 1 and norm(float_update(weights, start)) < 0.2
+
+
+# --- the privacy budget -------------------------------------------------------------------------------------------
+
+DELTA = 1e-5
+
+
+def test_a_client_releases_its_round0_parts_and_one_update_per_round():
+    assert dp.client_releases(resolve({"train.rounds": 5}), 10) == 1 + 10 + 5, "adapter, 10 rows, 5 updates"
+    assert dp.client_releases(resolve({"algorithm": "fgl", "train.rounds": 5}), 10) == 10 + 5, "FGL has no adapter"
+    assert dp.client_releases(resolve({"algorithm": "fedavg", "train.rounds": 5}), 10) == 5
+    assert dp.client_releases(resolve({"algorithm": "local", "train.rounds": 5}), 10) == 0
+
+
+def test_epsilon_is_the_rdp_account_of_replace_one_gaussians_composed_over_the_releases():
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(1.0), 16)  # noise multiplier 2 on sensitivity 2 x clip
+    assert dp.epsilon(2.0, 16, DELTA) == pytest.approx(accountant.get_epsilon(DELTA), rel=1e-12)
+    assert dp.epsilon(2.0, 1, DELTA) == pytest.approx(dp.epsilon(8.0, 16, DELTA), rel=1e-9), "16 = 1 at 4 x noise"
+    assert dp.epsilon(1.0, 16, DELTA) > dp.epsilon(2.0, 16, DELTA) > dp.epsilon(2.0, 8, DELTA)
+    assert dp.epsilon(2.0, 16, 1e-7) > dp.epsilon(2.0, 16, DELTA)
+
+
+def test_target_epsilon_sets_the_smallest_noise_within_the_budget():
+    cfg = resolve({"privacy.target-epsilon": 8.0, "train.rounds": 5})
+    sigma = dp.with_privacy_budget(cfg, 10).privacy.noise_multiplier
+    assert dp.epsilon(sigma, 16, DELTA) == pytest.approx(8.0, rel=1e-3)
+    assert dp.epsilon(sigma, 16, DELTA) <= 8.0 < dp.epsilon(0.99 * sigma, 16, DELTA)
+    budget = dp.privacy_budget(cfg, 10)
+    assert budget["noise_multiplier"] == sigma and budget["epsilon"] == pytest.approx(8.0, rel=1e-3)
+    assert (budget["delta"], budget["releases_per_client"], budget["target_epsilon"]) == (DELTA, 16, 8.0)
+    stricter = dp.with_privacy_budget(resolve({"privacy.target-epsilon": 8.0, "privacy.delta": 1e-7}), 10)
+    assert stricter.privacy.noise_multiplier > sigma
+    assert dp.with_privacy_budget(resolve({"algorithm": "local", "privacy.target-epsilon": 8.0}), 10) == resolve(
+        {"algorithm": "local", "privacy.target-epsilon": 8.0})
+
+
+def test_a_run_without_dp_reports_no_budget_and_a_target_excludes_a_noise_multiplier():
+    assert dp.privacy_budget(resolve({}), 10) == {}
+    assert dp.privacy_budget(resolve({"algorithm": "local", "privacy.noise-multiplier": 1.0}), 10) == {}
+    with pytest.raises(ConfigError, match="'privacy.target-epsilon' = 8 sets the noise multiplier itself"):
+        resolve({"privacy.target-epsilon": 8.0, "privacy.noise-multiplier": 0.5})
+    with pytest.raises(ConfigError, match="'privacy.delta' = 1.0"):
+        resolve({"privacy.delta": 1.0})
+
+
+def test_the_server_records_the_budget_in_metrics_json_and_summary_md(monkeypatch, tmp_path):
+    install_fake_digits(monkeypatch, [60, 60, 60, 60], shuffle_labels=True)
+    run_config = {"algorithm": "fedavg", "device": "cpu", "data.max-per-domain": 60, "train.rounds": 3,
+                  "privacy.noise-multiplier": 4.0, "cache-dir": str(tmp_path / "cache"),
+                  "output-dir": str(tmp_path), "run-name": "run"}
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    recorder = server_fn(context).strategy.inner.recorder
+    recorder.finish()
+    budget = json.loads((tmp_path / "run" / "metrics.json").read_text())["privacy_budget"]
+    assert budget["epsilon"] == pytest.approx(dp.epsilon(4.0, 3, DELTA)) and budget["releases_per_client"] == 3
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert f"(epsilon = {budget['epsilon']:.3g}, delta = 1e-05)" in summary and "docs/privacy.md" in summary
+
+
+def test_a_client_noises_with_the_noise_multiplier_its_target_epsilon_sets(monkeypatch, tmp_path):
+    overrides = {"algorithm": "fedavg", "privacy.target-epsilon": 2.0, "privacy.clip-norm": 0.05, "train.rounds": 3}
+    client = fake_client(FederatedClient, monkeypatch, tmp_path, {"dp-secret": 7}, **overrides)
+    client.cfg = dp.with_privacy_budget(client.cfg, len(client.class_names))
+    sigma = client.cfg.privacy.noise_multiplier
+    start = get_weights(build_model(client.cfg.model, len(client.class_names)))
+    update = float_update(client.fit(start, ROUND1)[0], start)
+    values = sum(u.size for u in update) - sum(w.size for w, name in zip(start, client.model.state_dict(), strict=True)
+                                               if name.endswith(dp.RUNNING_STATISTICS))
+    assert sigma > 1 and norm(update) == pytest.approx(np.hypot(0.05, sigma * 0.05 * np.sqrt(values)), rel=0.05)

@@ -237,3 +237,19 @@ def test_runs_with_privacy_audits_get_the_audit_table(tmp_path):
     assert "Privacy audit" in markdown
     assert table_row(markdown.split("Privacy audit")[1], "WarmFed") == [
         "WarmFed", "50.0 ± 10.0", "12.5 ± 7.5", "60.0 ± 0.0", "5.0 ± 0.0", "30.0"]
+
+
+def test_dp_runs_get_the_privacy_budget_table(tmp_path):
+    for seed in range(2):
+        path = write_run(tmp_path / "runs" / f"dp-s{seed}", {"algorithm": "warmfed", "train.rounds": 2, "seed": seed},
+                         warmfed_rounds(0.5, 0.6, 0.7, (0.3, 0.5)), marker("WarmFed, DP noise 5", seed))
+        doc = json.loads((path / "metrics.json").read_text())
+        doc["privacy_budget"] = {"epsilon": 8.193591, "delta": 1e-5, "noise_multiplier": 5.0, "releases_per_client": 16}
+        (path / "metrics.json").write_text(json.dumps(doc))
+    write_run(tmp_path / "runs" / "plain-s0", {"algorithm": "warmfed", "train.rounds": 2, "seed": 0},
+              warmfed_rounds(0.5, 0.6, 0.8, (0.3, 0.5)), marker("WarmFed", 0))
+    out = tmp_path / "privacy.md"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    budget = out.read_text().split("Privacy budget of the DP runs")[1]
+    assert table_row(budget, "WarmFed, DP noise 5") == ["WarmFed, DP noise 5", "5", "8.19", "1e-05", "16"]
+    assert "| WarmFed |" not in budget

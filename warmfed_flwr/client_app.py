@@ -7,6 +7,7 @@ from flwr.common import Context
 
 from clients.base import RESUMABLE_STATE, FederatedClient, LocalOnlyClient
 from clients.state import ClientStateStore, PersistentStateClient, client_state_dir
+from warmfed_flwr import dp
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import load_client
 from warmfed_flwr.errors import ConfigError
@@ -39,6 +40,7 @@ def client_fn(context: Context) -> Client:
         )
     seed_everything(cfg.seed * 1000 + partition_id)
     class_names, split = load_client(cfg.data, cfg.seed, cache_dir(cfg), partition_id)
+    cfg = dp.with_privacy_budget(cfg, len(class_names))
     device = resolve_device(cfg.device)
     client = client_class(cfg.algorithm)(cfg, class_names, split, partition_id, context, device, cache_dir(cfg))
     if not cfg.run_name:

@@ -198,6 +198,11 @@ def _cross_checks(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'resume' = true is not supported for 'algorithm' = 'centralized': "
                           "its server-side model is not checkpointed; run it again from the start")
     _check_trimming(cfg)
+    if cfg.privacy.target_epsilon and cfg.privacy.noise_multiplier:
+        raise ConfigError(
+            f"config key 'privacy.target-epsilon' = {cfg.privacy.target_epsilon:g} sets the noise multiplier itself; "
+            f"set 'privacy.noise-multiplier' (= {cfg.privacy.noise_multiplier:g}) to 0, or the target to 0"
+        )
     if "{label}" not in cfg.generator.prompt_template:
         raise ConfigError(
             f"config key 'generator.prompt-template' = {cfg.generator.prompt_template!r} must contain '{{label}}'"

@@ -257,13 +257,21 @@ class PrivacyConfig(Section):
     noise_multiplier: float = Field(0.0, ge=0, description="0 = off; >0: local differential privacy on every "
                                     "upload (warmfed_flwr/dp.py): each clipped part gets Gaussian noise of std this x "
                                     "its clip norm, drawn from the client's own secret (node config dp-secret, else "
-                                    "random); no privacy accountant. The server refuses noisy round-0 uploads from "
+                                    "random); the run reports its (epsilon, privacy.delta) (docs/privacy.md). The "
+                                    "server refuses noisy round-0 uploads from "
                                     "about 0.2 (default clip norms): then raise synthesis.max-embedding-norm-factor "
                                     "above ~2 x this x privacy.embedding-clip-norm and set "
                                     "synthesis.check-embedding-classes = false; from about 0.5 also raise "
                                     "synthesis.max-adapter-abs above ~5 x this x privacy.adapter-clip-norm (a bound "
                                     "of 0 is off)",
                                     json_schema_extra=used_when("algorithm", UPLOADING_ALGORITHMS))
+    target_epsilon: float = Field(0.0, ge=0, description="0 = off; >0: sets privacy.noise-multiplier (which must "
+                                  "stay 0) to the smallest whose uploads over the run stay within (this, "
+                                  "privacy.delta) for each client (docs/privacy.md)",
+                                  json_schema_extra=used_when("algorithm", UPLOADING_ALGORITHMS))
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta of the (epsilon, delta) a DP run reports and "
+                         "privacy.target-epsilon is met at",
+                         json_schema_extra=used_when("algorithm", UPLOADING_ALGORITHMS))
     clip_norm: float = Field(5.0, gt=0, description="privacy.noise-multiplier > 0: rounds >= 1 clip the client's "
                              "update (its weights minus the global weights it got, floating-point arrays together; "
                              "BatchNorm running statistics go back to the global ones) to this L2 norm before "

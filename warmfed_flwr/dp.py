@@ -1,13 +1,19 @@
-"""Local differential privacy on client uploads: clip to an L2 norm, then add Gaussian noise (docs/algorithm.md).
+"""Local differential privacy on client uploads: clip to an L2 norm, add Gaussian noise, account (docs/privacy.md).
 
-Framework-free (numpy only). Noise std is ``noise_multiplier x clip_norm`` per value; there is no privacy accountant.
+Framework-free (numpy and dp-accounting, the accountant Flower's own DP accounting wraps). Noise std is
+``noise_multiplier x clip_norm`` per value; the RDP accountant turns a run's noised releases into its (epsilon, delta).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import dp_accounting
 import numpy as np
+from dp_accounting.rdp import RdpAccountant
 
 from warmfed_flwr import protocol
+from warmfed_flwr.config_schema import GENERATIVE_ALGORITHMS, UPLOADING_ALGORITHMS, ExperimentConfig
 
 CLIPPED_METRIC = "dp_clipped"
 """Fit metric key: 1 when DP clipping scaled any part of the upload down, else 0 (sent only while DP is on)."""
@@ -71,3 +77,61 @@ def privatize_round0(named: dict[str, np.ndarray], adapter_clip_norm: float, emb
     rows = [clip_and_noise([row], embedding_clip_norm, noise_multiplier, rng) for row in embeddings]
     private[protocol.EMBEDDINGS] = np.stack([row[0] for row, _ in rows]).astype(embeddings.dtype)
     return private, clipped or any(cut for _, cut in rows)
+
+
+REPLACE_ONE_SENSITIVITY = 2.0
+"""Any two datasets of a client give clipped upload parts (L2 norm <= clip) at most 2 x clip apart: noise of std
+noise_multiplier x clip is then a Gaussian mechanism of noise multiplier noise_multiplier / 2 (replace-one)."""
+
+
+def client_releases(cfg: ExperimentConfig, num_classes: int) -> int:
+    """Noised upload parts one client sends at most over the run: at round 0 of warmfed and fgl its adapter (when
+    LoRA is on) and one prompt-embedding row per class, then one update in every round >= 1 (as if sampled in
+    each); 0 for algorithms whose server ignores uploads (local-only, centralized)."""
+    if cfg.algorithm not in UPLOADING_ALGORITHMS:
+        return 0
+    round0 = int(cfg.lora.enabled) + num_classes if cfg.algorithm in GENERATIVE_ALGORITHMS else 0
+    return round0 + cfg.train.rounds
+
+
+def releases_event(noise_multiplier: float, releases: int) -> dp_accounting.DpEvent:
+    """``releases`` Gaussian releases of ``noise_multiplier`` (std / clip norm), replace-one, no sampling."""
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.GaussianDpEvent(noise_multiplier / REPLACE_ONE_SENSITIVITY), releases)
+
+
+def epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """The epsilon at ``delta`` of ``releases`` noised upload parts of one client (RDP accountant)."""
+    accountant = RdpAccountant()
+    accountant.compose(releases_event(noise_multiplier, releases))
+    return float(accountant.get_epsilon(delta))
+
+
+def calibrate_noise(target_epsilon: float, releases: int, delta: float) -> float:
+    """The smallest noise multiplier whose ``releases`` stay within (``target_epsilon``, ``delta``)."""
+    return float(dp_accounting.calibrate_dp_mechanism(RdpAccountant, lambda sigma: releases_event(sigma, releases),
+                                                      target_epsilon, delta))
+
+
+def with_privacy_budget(cfg: ExperimentConfig, num_classes: int) -> ExperimentConfig:
+    """``cfg`` with privacy.noise-multiplier calibrated to privacy.target-epsilon at privacy.delta (``cfg`` itself
+    when no target is set or the algorithm uploads nothing)."""
+    privacy = cfg.privacy
+    releases = client_releases(cfg, num_classes)
+    if not privacy.target_epsilon or not releases:
+        return cfg
+    sigma = calibrate_noise(privacy.target_epsilon, releases, privacy.delta)
+    return cfg.model_copy(update={"privacy": privacy.model_copy(update={"noise_multiplier": sigma})})
+
+
+def privacy_budget(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
+    """What a DP run reports (privacy.target-epsilon applied): epsilon at privacy.delta over a client's releases,
+    with how it was accounted ({} without DP)."""
+    privacy = with_privacy_budget(cfg, num_classes).privacy
+    releases = client_releases(cfg, num_classes)
+    if not privacy.noise_multiplier or not releases:
+        return {}
+    return {"epsilon": epsilon(privacy.noise_multiplier, releases, privacy.delta), "delta": privacy.delta,
+            "noise_multiplier": privacy.noise_multiplier, "releases_per_client": releases,
+            "target_epsilon": privacy.target_epsilon,
+            "accountant": "RDP (dp-accounting), client-level local DP, replace-one, every round counted"}

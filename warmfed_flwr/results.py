@@ -64,6 +64,8 @@ class RunRecorder:
     events: list[dict[str, Any]] = field(default_factory=list)
     privacy_audit: dict[str, dict[str, float]] = field(default_factory=dict)
     """Each client's privacy-audit metrics, by client name."""
+    privacy_budget: dict[str, Any] = field(default_factory=dict)
+    """A DP run's (epsilon, delta) and how it was accounted (warmfed_flwr/dp.py); empty without DP."""
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -114,7 +116,8 @@ class RunRecorder:
         accounted = sum(self.stage_seconds.values())
         timing = {**self.stage_seconds, "other": max(total - accounted, 0.0), "total": total}
         doc = {"config": self.config, "rounds": self.rounds, "time_seconds": timing, "events": self.events,
-               **({"privacy_audit": self.privacy_audit} if self.privacy_audit else {})}
+               **({"privacy_audit": self.privacy_audit} if self.privacy_audit else {}),
+               **({"privacy_budget": self.privacy_budget} if self.privacy_budget else {})}
         _atomic_write(self.directory / "metrics.json", json.dumps(strict_json(doc), indent=1, allow_nan=False))
         columns = sorted({k for r in self.rounds for k in r}, key=lambda k: (k != "round", k))
         tmp = self.directory / "metrics.csv.tmp"
@@ -127,7 +130,8 @@ class RunRecorder:
     def finish(self) -> str:
         """Write summary.md and accuracy.png; return the summary text."""
         self.flush()
-        summary = summarize(self.rounds, self.config, self.stage_seconds, self.events, self.privacy_audit)
+        summary = summarize(self.rounds, self.config, self.stage_seconds, self.events, self.privacy_audit,
+                            self.privacy_budget)
         _atomic_write(self.directory / "summary.md", summary)
         plot_accuracy(self.rounds, self.directory / "accuracy.png")
         return summary
@@ -152,10 +156,10 @@ def _series(rounds: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
 
 def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_seconds: dict[str, float],
               events: Sequence[dict[str, Any]] = (), privacy_audit: Mapping[str, Mapping[str, float]] | None = None,
-              ) -> str:
+              privacy_budget: Mapping[str, Any] | None = None) -> str:
     """A markdown summary: pooled and per-domain global accuracy, personalized accuracy, the clients' privacy
-    audits, bytes, time, and the run's events (refused, failed or unsampled clients, domains left out of the
-    synthetic set)."""
+    audits and DP budget, bytes, time, and the run's events (refused, failed or unsampled clients, domains left out
+    of the synthetic set)."""
     lines = [f"# {run_title(config)}", ""]
     evaluated = [r for r in rounds if "global_acc_pooled" in r]
     if evaluated:
@@ -187,6 +191,7 @@ def summarize(rounds: list[dict[str, Any]], config: dict[str, Any], stage_second
                   f"+- {_fmt(last.get('personal_acc_std', float('nan')))}; best (round {best['round']}): "
                   f"{_fmt(best['personal_acc_mean'])}.", ""]
     lines += privacy_audit_section(privacy_audit or {})
+    lines += privacy_budget_section(privacy_budget or {})
     up = sum(r.get("bytes_up", 0) for r in rounds)
     down = sum(r.get("bytes_down", 0) for r in rounds)
     lines += ["## Communication and time", "", f"Bytes up: {up:,}; bytes down: {down:,}.", ""]
@@ -216,6 +221,17 @@ def privacy_audit_section(audits: Mapping[str, Mapping[str, float]]) -> list[str
         cells = [_fmt(float(audits[client].get(key, float("nan")))) for key in AUDIT_COLUMNS.values()]
         lines.append(f"| {client} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def privacy_budget_section(budget: Mapping[str, Any]) -> list[str]:
+    """The "Privacy budget" section of a DP run: its (epsilon, delta) and how they were accounted; none without DP."""
+    if not budget:
+        return []
+    return ["## Privacy budget", "",
+            f"Each client's uploads over the whole run are (epsilon = {budget['epsilon']:.3g}, delta = "
+            f"{budget['delta']:g})-differentially private with respect to that client's whole dataset: noise "
+            f"multiplier {budget['noise_multiplier']:.4g} on {budget['releases_per_client']} clipped upload parts; "
+            f"{budget['accountant']}. What is and is not protected: docs/privacy.md.", ""]
 
 
 def plot_accuracy(rounds: list[dict[str, Any]], path: Path) -> None:

@@ -8,7 +8,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from strategies.base import RecordingFedAvg
 from strategies.baselines import CentralizedStrategy, FedAvgStrategy, FedProxStrategy, LocalOnlyStrategy
 from strategies.checkpointing import with_checkpoints
-from warmfed_flwr import actor_recovery
+from warmfed_flwr import actor_recovery, dp
 from warmfed_flwr.centralized import CentralizedTrainer
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.data import Benchmark, load_clients
@@ -66,7 +66,8 @@ def server_fn(context: Context) -> ServerAppComponents:
     actor_recovery.install()
     seed_everything(cfg.seed)
     benchmark = load_clients(cfg.data, cfg.seed, cache_dir(cfg))
-    recorder = RunRecorder(run_dir(cfg), cfg.to_flat())
+    budget = dp.privacy_budget(cfg, len(benchmark.class_names))
+    recorder = RunRecorder(run_dir(cfg), cfg.to_flat(), privacy_budget=budget)
     strategy = with_checkpoints(build_strategy(cfg, benchmark, recorder), cfg.resume)
     config = ServerConfig(num_rounds=num_server_rounds(cfg), round_timeout=round_timeout(cfg))
     return ServerAppComponents(strategy=strategy, config=config)

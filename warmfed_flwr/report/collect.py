@@ -105,6 +105,7 @@ def final_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
         "synthetic_quality": {key.removeprefix(SYNTHETIC_QUALITY_PREFIX): value for key, value in (round0 or {}).items()
                               if key.startswith(SYNTHETIC_QUALITY_PREFIX)},
         "privacy_audit": metrics.get("privacy_audit", {}),
+        "privacy_budget": metrics.get("privacy_budget", {}),
     }
 
 

@@ -185,6 +185,24 @@ def privacy_table(records: list[dict[str, Any]]) -> list[str]:
             *markdown_table(["method", *AUDIT_COLUMNS, "largest pixel near-copy of a client"], rows)]
 
 
+def budget_table(records: list[dict[str, Any]]) -> list[str]:
+    """The DP runs' privacy budget per variant: noise multiplier, epsilon at delta and the noised parts each client
+    sent, distinct values over seeds joined by '/' ([] when no run recorded a budget)."""
+    ok = [r for r in ok_records(records) if r.get("privacy_budget")]
+    if not ok:
+        return []
+    rows = []
+    for name, group in by_variant(ok).items():
+        budgets = [r["privacy_budget"] for r in group]
+        cells = [" / ".join(dict.fromkeys(f"{b[key]:{spec}}" for b in budgets))
+                 for key, spec in (("noise_multiplier", ".4g"), ("epsilon", ".3g"), ("delta", "g"),
+                                   ("releases_per_client", "d"))]
+        rows.append([name, *cells])
+    return ["", "Privacy budget of the DP runs (client-level local DP over all of a client's uploads, RDP accountant; "
+            "docs/privacy.md):", "",
+            *markdown_table(["method", "noise multiplier", "epsilon", "delta", "noised parts per client"], rows)]
+
+
 def personal_table(records: list[dict[str, Any]]) -> list[str]:
     """The personalization table."""
     clients = client_names(ok_records(records), "personal_acc_")
@@ -195,7 +213,7 @@ def personal_table(records: list[dict[str, Any]]) -> list[str]:
 
 def tables(records: list[dict[str, Any]], paired: list[dict[str, Any]]) -> list[str]:
     """The tables the runs call for: personalized models when any run evaluated them, else the global model; the
-    ``paired`` differences (paired.py); then synthetic data quality and the privacy audit when any run recorded
-    them."""
+    ``paired`` differences (paired.py); then synthetic data quality, the privacy audit and the DP budget when any run
+    recorded them."""
     main = personal_table(records) if is_personal(records) else global_table(records)
-    return main + paired_table(paired) + quality_table(records) + privacy_table(records)
+    return main + paired_table(paired) + quality_table(records) + privacy_table(records) + budget_table(records)

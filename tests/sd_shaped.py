@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from warmfed_flwr.generative.random_sd import SdConfigs, sd_configs
 from warmfed_flwr.generative.tokenizer import build_tokenizer
 
 SD_TOKENS = 77
@@ -70,3 +71,18 @@ def build_sd_shaped_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+NARROW_SD = {
+    "unet": {"block_out_channels": [32, 32, 64, 64], "layers_per_block": 1, "norm_num_groups": 8,
+             "cross_attention_dim": 64, "attention_head_dim": [2, 2, 4, 4]},
+    "vae": {"block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4},
+    "text_encoder": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4},
+}
+"""Overrides that keep SD 2.1-base's block layout, vocabulary and 77 positions with CPU-sized channels and depth."""
+
+
+def narrow_sd_configs(sample_size: int = 4) -> SdConfigs:
+    """SD 2.1-base's shipped configs (``random_sd.sd_configs``) at ``sample_size`` with :data:`NARROW_SD` applied."""
+    configs = sd_configs("sd21base", sample_size)
+    return SdConfigs(**{part: {**getattr(configs, part), **NARROW_SD[part]} for part in NARROW_SD})

@@ -93,3 +93,4 @@ def test_a_fixed_synthetic_budget_and_round0_sampling_shape_the_synthesis_stage(
     synthesis = next(stage for stage in plan.stages if stage[0] == "round 0 synthesis")
     # 6 clients, half of them asked (3); 6900 images over 3 clients x 345 classes = 6 per class and client
     assert "6 x 345 classes = 2,070 images per client, 6,210 in all" in synthesis[3]
+    assert plan.synthetic_images == 6210

@@ -138,6 +138,8 @@ class Plan:
     client_memory: list[tuple[str, str, int]]
     refusals: list[str]
     notes: list[str]
+    synthetic_images: int = 0
+    """Images the server synthesizes in round 0, over all asked clients (0 for methods without a warm start)."""
 
 
 def _configs(base: str) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -328,13 +330,14 @@ def _classifier_bytes(cfg: ExperimentConfig, classes: int) -> int:
     return sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values())
 
 
-def make_plan(cfg: ExperimentConfig, federation: dict[str, Any]) -> Plan:
-    """The plan of ``cfg`` under the federation settings ``federation`` (num-supernodes, client-resources-*)."""
+def make_plan(cfg: ExperimentConfig, federation: dict[str, Any], data: DataFacts | None = None) -> Plan:
+    """The plan of ``cfg`` under the federation settings ``federation`` (num-supernodes, client-resources-*), for
+    ``data`` (default: counted from ``data.path`` or the known facts)."""
     from warmfed_flwr.warmstart import cpu_lora_refusal
 
     warmstart = cfg.algorithm in ("warmfed", "fgl")
     arch = architecture(cfg.generator.base, cfg.lora, activations=warmstart and cfg.lora.enabled)
-    data = data_facts(cfg.data)
+    data = data or data_facts(cfg.data)
     gpus = float(federation.get("client-resources-num-gpus", 0) or 0)
     client_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0)
     server_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0)
@@ -421,7 +424,7 @@ def make_plan(cfg: ExperimentConfig, federation: dict[str, Any]) -> Plan:
     if supernodes is not None and int(supernodes) != clients:
         notes.append(f"num-supernodes = {supernodes} but data.num-clients = {clients}: set them equal")
     return Plan(cfg, arch, data, client_gpu, server_gpu, dtype, upload, schema_bytes, stages, server_memory,
-                client_memory, refusals, notes)
+                client_memory, refusals, notes, total_images if warmstart else 0)
 
 
 def _fmt(n: float) -> str:

@@ -1,10 +1,14 @@
 """The Flower app end to end through `flwr run` on a private simulation SuperLink."""
 
+import statistics
 from pathlib import Path
 
 import pytest
 
 from benchmarks.harness import Processes, flwr_run, read_metrics, run_statuses, start_superlink
+from warmfed_flwr.config import resolve
+from warmfed_flwr.data import load_clients
+from warmfed_flwr.runtime import cache_dir
 
 DOMAINS = ["mnist", "digits", "fonts", "mnistm"]
 
@@ -22,6 +26,25 @@ def tiny(tmp_path: Path, cache: Path, **overrides) -> dict:
             "data.max-per-domain": 300, "train.local-epochs": 2, **overrides}
 
 
+def client_test_sizes(run_config: dict) -> dict[str, int]:
+    """Each client's test-split size in the run made with ``run_config`` (from the partition cache it filled)."""
+    cfg = resolve(run_config)
+    return {client.name: len(client.test) for client in load_clients(cfg.data, cfg.seed, cache_dir(cfg)).clients}
+
+
+def assert_counts_of_test_splits(row: dict, sizes: dict[str, int], kind: str = "global") -> None:
+    """Every client's ``kind`` accuracy is a count of right answers on its own test split, and the round's summary
+    their test-size-weighted mean (global, pooled) or their plain mean over clients (personal)."""
+    accuracies = {name: row[f"{kind}_acc_{name}"] for name in sizes}
+    for name, accuracy in accuracies.items():
+        assert accuracy * sizes[name] == pytest.approx(round(accuracy * sizes[name]), abs=1e-4), (name, accuracy)
+    if kind == "global":
+        pooled = sum(accuracies[name] * size for name, size in sizes.items()) / sum(sizes.values())
+        assert row["global_acc_pooled"] == pytest.approx(pooled)
+    else:
+        assert row["personal_acc_mean"] == pytest.approx(statistics.fmean(accuracies.values()))
+
+
 def test_fedavg_through_flwr_run_writes_results(simulation, tmp_path, shared_cache):
     done = flwr_run(simulation, tiny(tmp_path, shared_cache, algorithm="fedavg", **{"train.rounds": 2}), 4, 600)
     run = tmp_path / "run"
@@ -31,8 +54,8 @@ def test_fedavg_through_flwr_run_writes_results(simulation, tmp_path, shared_cac
     assert sorted(rounds) == [1, 2]
     last = rounds[2]
     assert last["clients_ok"] == 4 and last["clients_failed"] == 0
-    assert 0.3 < last["global_acc_pooled"] <= 1.0
-    assert all(0.0 <= last[f"global_acc_{d}"] <= 1.0 for d in DOMAINS)
+    assert last["global_acc_pooled"] > 0.3, "above chance (0.1) after two rounds"
+    assert_counts_of_test_splits(last, client_test_sizes(tiny(tmp_path, shared_cache, algorithm="fedavg")))
     assert last["bytes_up"] == 4 * last["bytes_up_per_client"] > 0
     summary = (run / "summary.md").read_text()
     assert "pooled" in summary and "mnistm" in summary
@@ -73,9 +96,13 @@ def test_tiny_warmfed_with_dsd_through_flwr_run(simulation, tmp_path, shared_cac
     zero = rounds[0]
     assert zero["clients_accepted"] == 4 and zero["synthetic_images"] == 4 * 10 * 4
     assert zero["bytes_up_per_client"] > 0 and zero["classifier_bytes"] > 0
-    assert all(0.0 <= rounds[r]["global_acc_pooled"] <= 1.0 for r in rounds)
+    sizes = client_test_sizes(config)
+    assert set(sizes) == set(DOMAINS)
+    for row in rounds.values():
+        assert_counts_of_test_splits(row, sizes)
     assert rounds[1]["bytes_down_per_client"] > rounds[2]["bytes_down_per_client"], "subset is sent once"
-    assert 0.0 <= rounds[2]["personal_acc_mean"] <= 1.0 and "personal_acc_fonts" in rounds[2]
+    assert_counts_of_test_splits(rounds[2], sizes, "personal")
+    assert rounds[2]["personal_acc_mean"] > 0.3, "above chance (0.1): trained on each client's own data"
     assert rounds[2]["dsd_share_t1"] == 1.0, "with one pooled round the only teacher is round t-1"
     assert {f"synthetic_{d}.png" for d in DOMAINS} <= {p.name for p in run.iterdir()}
     assert {"client_lora", "synthesis", "warm_start_training", "server_finetune"} <= set(metrics["time_seconds"])

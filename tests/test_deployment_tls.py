@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.harness import Processes, flwr_run, read_metrics, start_supernode
 from benchmarks.node_auth import online_node_ids, start_authenticated_deployment, write_node_key
+from tests.test_app import assert_counts_of_test_splits, client_test_sizes
 
 
 @pytest.fixture
@@ -44,4 +45,7 @@ def test_registered_supernodes_run_warmfed_over_tls_and_an_unregistered_one_is_r
     assert sorted(rounds) == [0, 1]
     assert rounds[0]["clients_accepted"] == 2 and rounds[1]["clients_ok"] == 2
     assert all(rounds[r]["clients_sampled"] == rounds[r]["clients_evaluated"] == 2 for r in rounds)
-    assert all(0.0 <= rounds[r]["global_acc_pooled"] <= 1.0 for r in rounds)
+    sizes = client_test_sizes(config)
+    assert set(sizes) == {"mnist", "digits"}
+    for row in rounds.values():
+        assert_counts_of_test_splits(row, sizes)

@@ -194,24 +194,36 @@ def test_local_only_clients_get_no_dp(monkeypatch, tmp_path):
 
 
 def test_warmfed_round0_and_globalization_uploads_are_clipped_and_noised(monkeypatch, tmp_path):
+    """Each upload is its clipped part plus noise of std noise-multiplier x its clip norm from the client's secret."""
+    sigma = 0.1
     named = round0_upload(np.random.default_rng(3))
     monkeypatch.setattr(warmfed_client_module, "client_upload", lambda *args, **kwargs: (named, {}))
     monkeypatch.setattr(warmfed_client_module, "globalize_client", lambda model, *args: 0.0)
-    client = fake_client(WarmFedClient, monkeypatch, tmp_path, **{
-        "privacy.noise-multiplier": 0.0001, "privacy.adapter-clip-norm": 1.0, "privacy.embedding-clip-norm": 2.0,
+    client = fake_client(WarmFedClient, monkeypatch, tmp_path, {"dp-secret": 7}, **{
+        "privacy.noise-multiplier": sigma, "privacy.adapter-clip-norm": 1.0, "privacy.embedding-clip-norm": 2.0,
         "privacy.clip-norm": 0.1})
     sent, _, metrics = client.fit([], {protocol.STAGE: protocol.STAGE_ROUND0_UPLOAD, protocol.ROUND: 0})
     upload = payload.decode(sent, "client")
+    clipped = dp.privatize_round0(named, 1.0, 2.0, 0.0, dp.round_rng(7, 0))[0]
     assert metrics[dp.CLIPPED_METRIC] == 1
-    assert norm([upload[k] for k in named if k.startswith(protocol.ADAPTER_PREFIX)]) == pytest.approx(1.0, rel=1e-2)
-    rows = np.linalg.norm(upload[protocol.EMBEDDINGS].reshape(3, -1), axis=1)
-    assert rows == pytest.approx([2.0, 2.0, 2.0], rel=1e-2)
+    adapter = [k for k in named if k.startswith(protocol.ADAPTER_PREFIX)]
+    assert norm([clipped[k] for k in adapter]) == pytest.approx(1.0, rel=1e-6)
+    adapter_noise = np.concatenate([(upload[k] - clipped[k]).ravel() for k in adapter])
+    assert adapter_noise.std() == pytest.approx(sigma * 1.0, rel=0.3), "37 draws of std noise x adapter clip"
+    embedding_noise = upload[protocol.EMBEDDINGS] - clipped[protocol.EMBEDDINGS]
+    assert embedding_noise.std() == pytest.approx(sigma * 2.0, rel=0.3), "96 draws of std noise x row clip"
     start = get_weights(build_model(client.cfg.model, len(client.class_names)))
     moved = [w + 1.0 if np.issubdtype(w.dtype, np.floating) else w for w in start]
     monkeypatch.setattr(client, "get_parameters", lambda config: moved)
     bundle = payload.encode(payload.with_prefix(payload.weights_to_named(start), protocol.MODEL_PREFIX))
     weights, _, metrics = client.fit(bundle, {protocol.STAGE: protocol.STAGE_GLOBALIZE, **ROUND1})
-    assert metrics[dp.CLIPPED_METRIC] == 1 and norm(float_update(weights, start)) < 0.2
+    names = list(client.model.state_dict())
+    clipped = dp.privatize_update(moved, start, names, 0.1, 0.0, dp.round_rng(7, 1))[0]
+    assert metrics[dp.CLIPPED_METRIC] == 1 and norm(float_update(clipped, start)) == pytest.approx(0.1, rel=1e-5)
+    noise = np.concatenate([(w.astype(np.float64) - c).ravel() for w, c, name in zip(weights, clipped, names,
+                                                                                     strict=True)
+                            if np.issubdtype(w.dtype, np.floating) and not name.endswith(dp.RUNNING_STATISTICS)])
+    assert noise.std() == pytest.approx(sigma * 0.1, rel=0.02), f"{noise.size} draws of std noise x clip norm"
 
 
 # --- the privacy budget -------------------------------------------------------------------------------------------

@@ -216,11 +216,31 @@ def test_train_dsd_over_three_rounds() -> None:
     assert "dsd_share_t1" not in m1
     assert m2["dsd_share_t1"] == 1.0 and m2["dsd_share_t2"] == 0.0
     assert m3["dsd_share_t1"] + m3["dsd_share_t2"] == pytest.approx(1.0)
-    assert 0.0 <= m3["dsd_teacher_acc"] <= 1.0
+    labels, samples = data.tensors[1], torch.arange(len(data))
+    candidates = torch.stack([torch.from_numpy(e) for e in p2.entries])
+    _, choice = select_teachers(candidates, labels, gumbel_tau(3, 3, cfg.tau_start, cfg.tau_end), cfg.selector_steps,
+                                cfg.selector_lr, TRAIN["seed"], cfg.selector_sees_label)
+    right = candidates.argmax(2) == labels  # [candidate, sample]
+    assert m3["dsd_share_t1"] == pytest.approx((choice == 0).float().mean().item())
+    assert m3["dsd_teacher_acc"] == pytest.approx(right[choice, samples].float().mean().item()), "chosen teachers' acc"
     np.testing.assert_array_equal(p3.entries[1], p2.entries[0])
     assert m1["dsd_tau"] > m2["dsd_tau"] > m3["dsd_tau"]
     with pytest.raises(ValueError):
         train_dsd(model, _dataset(n=20), pool, 4, 5, cfg, **TRAIN)
+
+
+def test_dsd_teacher_accuracy_is_that_of_the_teacher_chosen_for_each_sample() -> None:
+    """Each of two teachers is right on half of the samples: the selector, which sees the labels, picks the right one
+    of each sample, so the chosen teachers are right everywhere while either teacher alone is right on half."""
+    data = _dataset()
+    labels = data.tensors[1]
+    right = 5 * F.one_hot(labels, NUM_CLASSES).float()
+    wrong = 5 * F.one_hot((labels + 1) % NUM_CLASSES, NUM_CLASSES).float()
+    first_half = (torch.arange(len(labels)) < len(labels) // 2).view(-1, 1)
+    pool = LogitPool([torch.where(first_half, right, wrong).numpy(), torch.where(first_half, wrong, right).numpy()])
+    _, metrics = train_dsd(_model(), data, pool, 2, 3, PersonalizationConfig(method="dsd"), **TRAIN)
+    assert metrics["dsd_teacher_acc"] == 1.0
+    assert metrics["dsd_share_t1"] == metrics["dsd_share_t2"] == 0.5
 
 
 def test_train_dsd_distillation_changes_training() -> None:

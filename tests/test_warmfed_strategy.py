@@ -21,7 +21,7 @@ from warmfed_flwr.generative.lora import adapter_schema
 from warmfed_flwr.generative.synthesis import quantize
 from warmfed_flwr.models import SmallCNN, seeded_model
 from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX, RunRecorder, summarize
-from warmfed_flwr.training import get_weights, predict_logits, set_weights
+from warmfed_flwr.training import evaluate, get_weights, predict_logits, set_weights, train_epochs
 from warmfed_flwr.warmstart import (
     SyntheticWarmStart,
     balanced_subset,
@@ -456,16 +456,38 @@ def test_unreadable_upload_cache_is_made_again(tiny_pipeline_dir, tmp_path, monk
 
 # --- synthetic data quality ----------------------------------------------------------------------------------------
 
-def test_round_zero_records_synthetic_quality_per_client(uploads, tiny_pipeline_dir, tmp_path):
+def test_round_zero_records_synthetic_quality_per_client(uploads, tiny_pipeline_dir, tmp_path, monkeypatch):
+    """Each client's quality is the accuracy on its own test split of a judge trained on its synthetic images only."""
     cfg = config(tiny_pipeline_dir, tmp_path)
-    tests = {"a": split("a", 0).test, "b": split("b", 1).test}
+    tests = {"a": split("a", 0).test, "b": TensorDataset(*split("b", 1).test[:5])}
+    trained, evaluated = [], []
+
+    def train_spy(model, dataset, *args, **kwargs):
+        trained.append((model, dataset))
+        return train_epochs(model, dataset, *args, **kwargs)
+
+    def evaluate_spy(model, dataset, device):
+        result = evaluate(model, dataset, device)
+        evaluated.append((model, dataset, result[1]))
+        return result
+
+    monkeypatch.setattr(warmstart, "train_epochs", train_spy)
+    monkeypatch.setattr(warmstart, "evaluate", evaluate_spy)
     strat, recorder = strategy(cfg, tmp_path, quality_tests=tests)
     strat._fit_started = 0.0
     strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(uploads["b"], "b")], [])
     row = next(r for r in recorder.rounds if r["round"] == 0)
-    quality = {k: v for k, v in row.items() if k.startswith(SYNTHETIC_QUALITY_PREFIX)}
-    assert set(quality) == {f"{SYNTHETIC_QUALITY_PREFIX}a", f"{SYNTHETIC_QUALITY_PREFIX}b"}
-    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in quality.values())
+    quality = {k.removeprefix(SYNTHETIC_QUALITY_PREFIX): v for k, v in row.items()
+               if k.startswith(SYNTHETIC_QUALITY_PREFIX)}
+    assert set(quality) == {"a", "b"}
+    sources = np.array(strat.warm_start.synthetic.sources)
+    for client, test in tests.items():
+        (judge, accuracy), = [(model, acc) for model, dataset, acc in evaluated if dataset is test]
+        assert quality[client] == accuracy and accuracy * len(test) == pytest.approx(round(accuracy * len(test)))
+        (images,) = [dataset for model, dataset in trained if model is judge]
+        mine = np.flatnonzero(sources == client)
+        assert len(images) == len(mine) == 4 * len(CLASSES) < len(sources), "its own synthetic images only"
+        assert [int(images[i][1]) for i in range(len(images))] == strat.warm_start.synthetic.labels[mine].tolist()
     summary = summarize(recorder.rounds, cfg.to_flat(), recorder.stage_seconds)
     assert "## Synthetic data quality per client" in summary
 

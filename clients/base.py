@@ -50,6 +50,10 @@ class FederatedClient(NumPyClient):
         """The current model weights."""
         return get_weights(self.model)
 
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        """This client's name (what the server's round-0 sample is drawn over)."""
+        return self.identity()
+
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Train on private data from the received weights, then personalize."""
         started = time.perf_counter()

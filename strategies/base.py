@@ -185,9 +185,9 @@ class RecordingFedAvg(FedAvg):
     def screen_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
     ) -> list[Upload]:
-        """The uploads that pass :meth:`check_upload`, in client-name order so that the float sums of the average do
-        not depend on which client answered first; the others are refused with a recorded reason. Records the
-        round's fit metrics and failures."""
+        """The uploads that pass :meth:`check_upload`, in client-name order so that the float sums of the average and
+        of the recorded metrics do not depend on which client answered first; the others are refused with a recorded
+        reason. Records the round's fit metrics and failures."""
         algo_round = self.algorithm_round(server_round)
         accepted: list[Upload] = []
         for proxy, res in results:
@@ -203,9 +203,10 @@ class RecordingFedAvg(FedAvg):
                 accepted.append(Upload(proxy, res, client, self.check_upload(server_round, client, res)))
             except Exception as exc:  # noqa: BLE001 - a bad upload is refused, never fatal
                 self.recorder.event("upload_refused", round=algo_round, client=client, reason=one_line(exc))
+        accepted.sort(key=lambda upload: upload.client)
         self.record_failures(algo_round, results, failures)
         self.record_fit(server_round, accepted, results, len(failures))
-        return sorted(accepted, key=lambda upload: upload.client)
+        return accepted
 
     def record_failures(self, algo_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures) -> None:
         """One ``client_failed`` event per failure, naming the sampled clients that sent nothing."""
@@ -322,8 +323,9 @@ class RecordingFedAvg(FedAvg):
     def screen_evaluate(
         self, algo_round: int, results: list[tuple[ClientProxy, EvaluateRes]]
     ) -> list[tuple[ClientProxy, EvaluateRes]]:
-        """The evaluation reports that pass :func:`payload.validate_evaluation`, one per client name; the others
-        are refused with a recorded ``eval_refused`` event."""
+        """The evaluation reports that pass :func:`payload.validate_evaluation`, one per client name, in client-name
+        order (the pooled sums do not depend on arrival order); the others are refused with a recorded
+        ``eval_refused`` event."""
         valid: list[tuple[ClientProxy, EvaluateRes]] = []
         names: set[str] = set()
         for proxy, res in results:
@@ -343,7 +345,7 @@ class RecordingFedAvg(FedAvg):
             names.add(name)
             self.client_names[proxy.cid] = name
             valid.append((proxy, res))
-        return valid
+        return sorted(valid, key=lambda pair: self.client_names[pair[0].cid])
 
 
 def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]], clients_per_domain: int = 1) -> dict[str, Any]:

@@ -6,19 +6,29 @@ off), which resolve() applies for algorithm = fgl.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    FitIns,
+    FitRes,
+    GetPropertiesIns,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from torch.utils.data import Dataset
 
-from strategies.base import Failures, RecordingFedAvg, Upload
+from strategies.base import Failures, RecordingFedAvg, Upload, one_line
 from warmfed_flwr import payload, protocol
 from warmfed_flwr.embedding_classes import validate_embedding_classes
 from warmfed_flwr.errors import FederationError, PayloadError
@@ -26,6 +36,8 @@ from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.results import PRIVACY_AUDIT_PREFIX, SYNTHETIC_QUALITY_PREFIX
 from warmfed_flwr.runtime import one_line_errors
 from warmfed_flwr.warmstart import SyntheticWarmStart, round0_sample_size
+
+logger = logging.getLogger(__name__)
 
 
 class WarmFedStrategy(RecordingFedAvg):
@@ -124,20 +136,38 @@ class WarmFedStrategy(RecordingFedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.round_zero_schema()
         self.await_clients(server_round, client_manager, "round-0 upload")
-        available = dict(sorted(client_manager.all().items()))
+        available = client_manager.all()
         asked = round0_sample_size(len(available), self.cfg.warmfed.round0_fraction, self.min_fit_clients)
-        chosen = set(random.Random(self.cfg.seed).sample(list(available), asked))
-        clients = [client for cid, client in available.items() if cid in chosen]
+        names = self.ask_client_names(available) if asked < len(available) else {cid: cid for cid in available}
+        order = sorted(available, key=lambda cid: (names[cid], cid))
+        chosen = set(random.Random(self.cfg.seed).sample(order, asked))
+        clients = [available[cid] for cid in order if cid in chosen]
         self.round0_asked, self.round0_available = asked, len(available)
         if asked < len(available):
             self.recorder.event("clients_not_sampled", round=0,
-                                clients=[f"node {cid}" for cid in available if cid not in chosen],
+                                clients=[names[cid] for cid in order if cid not in chosen],
                                 reason=f"{self.round0_sample_note()}; they join at round 1")
         empty = ndarrays_to_parameters(payload.encode({}))
         self.recorder.record_round(0, {"clients_sampled": len(clients), "bytes_down": 0, "bytes_down_per_client": 0})
         self.sampled = [client.cid for client in clients]
         self._fit_started = time.perf_counter()
         return [(client, FitIns(empty, self.fit_config(server_round))) for client in clients]
+
+    def ask_client_names(self, available: dict[str, ClientProxy]) -> dict[str, str]:
+        """Each node's client name, asked of every node at once (its properties): what the round-0 sample is drawn
+        over, so that the seed picks the same clients whatever node ids Flower gave them. A node that does not
+        answer is named 'node <id>'."""
+        def ask(proxy: ClientProxy) -> str:
+            try:
+                res = proxy.get_properties(GetPropertiesIns({}), timeout=self.cfg.train.round_timeout or None,
+                                           group_id=1)
+                return str(res.properties[protocol.CLIENT_NAME])
+            except Exception as exc:  # noqa: BLE001 - a silent node can still be sampled, under its node id
+                logger.warning("node %s did not tell its client name: %s", proxy.cid, one_line(exc))
+                return f"node {proxy.cid}"
+
+        with ThreadPoolExecutor(max_workers=len(available)) as pool:
+            return dict(zip(available, pool.map(ask, available.values()), strict=True))
 
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures

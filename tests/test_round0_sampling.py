@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import RecordDict
-from flwr.common import Code, Context, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Code, Context, FitRes, GetPropertiesRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from torch.utils.data import TensorDataset
 
 import clients.base as base_client_module
@@ -28,11 +28,22 @@ CLASSES = ["zero", "one", "two"]
 EIGHT = [f"c{i}" for i in range(8)]
 
 
-class FakeClientManager:
-    """The parts of Flower's ClientManager the strategy uses; later rounds sample the clients given per round."""
+def properties(name: str | None):
+    """A node's get_properties: its client name, or no answer (None)."""
+    def get_properties(ins, timeout, group_id):
+        if name is None:
+            raise TimeoutError("no reply")
+        return GetPropertiesRes(Status(Code.OK, ""), {protocol.CLIENT_NAME: name})
+    return get_properties
 
-    def __init__(self, cids: list[str], later_samples: list[list[str]] = ()) -> None:
-        self.clients = {cid: SimpleNamespace(cid=cid) for cid in cids}
+
+class FakeClientManager:
+    """The parts of Flower's ClientManager the strategy uses; later rounds sample the clients given per round. Each
+    node answers the client name ``names`` gives it (its node id by default)."""
+
+    def __init__(self, cids: list[str], later_samples: list[list[str]] = (), names: dict | None = None) -> None:
+        names = names or {cid: cid for cid in cids}
+        self.clients = {cid: SimpleNamespace(cid=cid, get_properties=properties(names[cid])) for cid in cids}
         self.later_samples = [list(sample) for sample in later_samples]
 
     def wait_for(self, num_clients: int, timeout: float | None = None) -> bool:
@@ -89,8 +100,27 @@ def test_round0_asks_a_sample_that_the_seed_fixes(tmp_path):
     assert other_seeds - {tuple(first)}, "the seed chooses the sample"
     (event,) = [e for e in recorder.events if e["kind"] == "clients_not_sampled"]
     assert event["round"] == 0
-    assert event["clients"] == [f"node {cid}" for cid in EIGHT if cid not in first]
+    assert event["clients"] == [cid for cid in EIGHT if cid not in first]
     assert "warmfed.round0-fraction = 0.5 asked 4 of 8 clients" in event["reason"]
+
+
+def test_round0_samples_the_same_client_names_whatever_their_node_ids(tmp_path):
+    """Flower gives the nodes new ids in every run: the seed picks client names, and a silent node keeps its id."""
+    names = [f"client-{i}" for i in range(8)]
+    picked = []
+    for run, ids in enumerate([[f"{7 - i}" for i in range(8)], [f"{1000 + 37 * i % 11}" for i in range(8)]]):
+        strat, recorder = strategy(tmp_path / str(run), **{"warmfed.round0-fraction": 0.5})
+        manager = FakeClientManager(ids, names=dict(zip(ids, names, strict=True)))
+        by_id = dict(zip(ids, names, strict=True))
+        picked.append(sorted(by_id[cid] for cid in asked(strat, manager)))
+        (event,) = [e for e in recorder.events if e["kind"] == "clients_not_sampled"]
+        assert event["clients"] == sorted(set(names) - set(picked[-1]))
+    assert picked[0] == picked[1] and len(picked[0]) == 4
+    strat, recorder = strategy(tmp_path / "silent", **{"warmfed.round0-fraction": 0.5, "train.min-fit-clients": 1})
+    chosen = asked(strat, FakeClientManager(["9", "8"], names={"9": "client-0", "8": None}))
+    (event,) = [e for e in recorder.events if e["kind"] == "clients_not_sampled"]
+    named = {"9": "client-0", "8": "node 8"}
+    assert sorted([named[cid] for cid in chosen] + event["clients"]) == ["client-0", "node 8"]
 
 
 def test_round0_fraction_below_min_fit_clients_asks_min_fit_clients(tmp_path):
@@ -216,3 +246,4 @@ def test_every_client_stage_reports_its_compute_seconds(tmp_path, monkeypatch):
                                   protocol.TOTAL_ROUNDS: 3})[2]
     for metrics in (plain, upload, globalize):
         assert 0.05 <= metrics[protocol.COMPUTE_SECONDS] < 5.0
+    assert warm.get_properties({}) == {protocol.CLIENT_NAME: "a"}, "the name the round-0 sample is drawn over"

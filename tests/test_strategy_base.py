@@ -203,3 +203,26 @@ def test_evaluation_compute_seconds_are_summed_over_the_accepted_reports(tmp_pat
     strat.aggregate_evaluate(2, reports, [])
     row = recorder.rounds[-1]
     assert (row["client_eval_compute_seconds_sum"], row["client_eval_compute_seconds_max"]) == (2.0, 1.5)
+
+
+def test_round_records_do_not_depend_on_arrival_order(tmp_path):
+    """Float sums over clients (pooled accuracy, mean train loss) run in client-name order: 0.1 + 0.2 + 0.3 and
+    0.3 + 0.2 + 0.1 differ in their last bit."""
+    assert 0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1
+    values = {"a": 0.1, "b": 0.2, "c": 0.3}
+    uploads = []
+    for name, value in values.items():
+        proxy, res = fit_res(weights(1.0), name)
+        res.metrics["train_loss"] = value
+        uploads.append((proxy, res))
+    reports = [eval_res(name, 1, global_acc=value, global_loss=value, personal_acc=value)
+               for name, value in values.items()]
+    rows = []
+    for order in ([0, 1, 2], [2, 1, 0]):
+        strat, recorder = strategy(tmp_path / str(order))
+        strat.sampled = [proxy.cid for proxy, _ in uploads]
+        strat.aggregate_fit(2, [uploads[i] for i in order], [])
+        strat.aggregate_evaluate(2, [reports[i] for i in order], [])
+        rows.append({k: v for k, v in recorder.rounds[-1].items() if "seconds" not in k})
+    assert rows[0] == rows[1]
+    assert rows[0]["global_acc_pooled"] == rows[0]["train_loss"] == (0.1 + 0.2 + 0.3) / 3, "summed a, b, c"

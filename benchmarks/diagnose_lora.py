@@ -25,17 +25,26 @@ from torch.utils.data import Dataset, TensorDataset
 
 from benchmarks.colour_public_pool import recoloured
 from benchmarks.diagnose_globalization import validation_splits
+from benchmarks.suites import DESCRIPTIVE_PHRASES
 from warmfed_flwr.config import ExperimentConfig, resolve
-from warmfed_flwr.data import ClientSplit, default_cache_dir
+from warmfed_flwr.data import ClientSplit, default_cache_dir, load_benchmark
 from warmfed_flwr.models import seeded_model
 from warmfed_flwr.protocol import EMBEDDINGS
 from warmfed_flwr.training import predict_logits, resolve_device, seed_everything, train_epochs
 from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase
 
 ATTN_SELF_AND_CONV = "attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0,conv1,conv2"
+CROSS_KV = "attn2.to_k,attn2.to_v"
 VARIANTS: dict[str, dict[str, Any]] = {
     "no adapter (FGL)": {"lora.enabled": False},
+    "no adapter, descriptive prompts (FGL)": {"lora.enabled": False, "generator.domain-phrases": DESCRIPTIVE_PHRASES},
     "default": {},
+    "leading timestep spacing": {"synthesis.timestep-spacing": "leading"},
+    "train embeddings": {"lora.train-embeddings": True},
+    "min-SNR 5": {"lora.snr-gamma": 5.0},
+    "rank 4": {"lora.rank": 4, "lora.alpha": 4.0},
+    "cross-attention K/V only": {"lora.targets": CROSS_KV},
+    "cross-attention K/V only, train embeddings": {"lora.targets": CROSS_KV, "lora.train-embeddings": True},
     "steps 25": {"lora.steps": 25},
     "steps 300": {"lora.steps": 300},
     "lr 1e-4": {"lora.lr": 1e-4},
@@ -78,12 +87,18 @@ def recolour_split(client: ClientSplit, seed: int) -> ClientSplit:
 
 
 def run_seed(seed: int, overrides: dict[str, Any], cache_dir: Path, out_dir: Path,
-             domains: list[str] | None = None, recolour: bool = False) -> dict[str, dict[str, tuple]]:
+             domains: list[str] | None = None, recolour: bool = False,
+             test_splits: bool = False) -> dict[str, dict[str, tuple]]:
     """Every variant's (TSTR, fidelity) per client (of ``domains``, default all; ``recolour``: its images
-    recoloured) for one seed."""
+    recoloured) for one seed, on validation splits, or with ``test_splits`` on the clients' train and test splits
+    (for reporting chosen defaults only)."""
     base_cfg = resolve({**overrides, "seed": seed})
     device = resolve_device(base_cfg.device)
-    class_names, clients = validation_splits(base_cfg, cache_dir)
+    if test_splits:
+        benchmark = load_benchmark(base_cfg.data, seed, cache_dir)
+        class_names, clients = benchmark.class_names, benchmark.clients
+    else:
+        class_names, clients = validation_splits(base_cfg, cache_dir)
     clients = [client for client in clients if not domains or client.domain in domains]
     if recolour:
         clients = [recolour_split(client, seed) for client in clients]

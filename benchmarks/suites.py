@@ -16,11 +16,16 @@ except ModuleNotFoundError:  # Python 3.10
 from warmfed_flwr.config import ExperimentConfig, resolve
 from warmfed_flwr.errors import ConfigError
 
+DESCRIPTIVE_PHRASES = ("mnist=white on black;digits=white on black, thick, blurry;fonts=on a gradient;"
+                       "mnistm=textured on a photo")
+"""FGL's descriptive prompts: each digits domain described in the style words the foundation learned, written from
+looking at a few of its images (as FGL's authors wrote per-domain style prompts), never tuned on any score."""
 NO_SYNTHETIC_FINETUNING = {"warmfed.client-syn-finetune": False, "warmfed.server-finetune": False}
 SUITES: dict[str, dict[str, dict[str, Any]]] = {
     "global": {
         "WarmFed": {"algorithm": "warmfed"},
         "FGL": {"algorithm": "fgl"},
+        "FGL (descriptive prompts)": {"algorithm": "fgl", "generator.domain-phrases": DESCRIPTIVE_PHRASES},
         "FedAvg (5 rounds)": {"algorithm": "fedavg"},
         "FedAvg (25 rounds)": {"algorithm": "fedavg", "train.rounds": 25},
         "Warm start + FedAvg": {"algorithm": "warmfed", **NO_SYNTHETIC_FINETUNING},

@@ -1,7 +1,11 @@
-"""Progress bars redraw on a terminal only: streamed to a file (Flower's log, CI) they write nothing."""
+"""Progress bars redraw on a terminal; streamed to a file (Flower's log, CI) they become periodic log lines."""
 
 import io
+import logging
 
+import pytest
+
+from warmfed_flwr import progress
 from warmfed_flwr.progress import progress_bar
 
 
@@ -10,10 +14,23 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_bars_stay_out_of_files_and_show_on_terminals():
+def test_bars_show_on_terminals_and_log_lines_elsewhere(caplog: pytest.LogCaptureFixture) -> None:
     log, terminal = io.StringIO(), Terminal()
-    for stream in (log, terminal):
-        for _ in progress_bar(range(50), desc="client LoRA", file=stream, mininterval=0):
-            pass
+    with caplog.at_level(logging.INFO, logger=progress.__name__):
+        for stream in (log, terminal):
+            for _ in progress_bar(range(50), desc="client LoRA", file=stream, mininterval=0):
+                pass
     assert log.getvalue() == ""
     assert "client LoRA" in terminal.getvalue() and "50/50" in terminal.getvalue()
+    lines = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+    assert lines and all("client LoRA" in line for line in lines) and "50/50" in lines[-1]
+
+
+def test_logged_progress_waits_its_interval(caplog: pytest.LogCaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 3600.0)
+    with caplog.at_level(logging.INFO, logger=progress.__name__):
+        for _ in progress_bar(range(1000), desc="synthesis", file=io.StringIO()):
+            pass
+    lines = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+    assert 1 <= len(lines) <= 2 and "1000/1000" in lines[-1]

@@ -192,6 +192,7 @@ def _cross_checks(cfg: ExperimentConfig) -> None:
         )
     cfg.faults.round_ids()
     cfg.synthesis.device_list()
+    cfg.generator.domain_phrase_map()
     if cfg.resume and not cfg.run_name:
         raise ConfigError("config key 'resume' = true needs 'run-name': the run directory whose checkpoint to resume")
     if cfg.resume and cfg.algorithm == "centralized":

@@ -149,12 +149,29 @@ class GeneratorConfig(Section):
     prompt_template: str = Field("a photo of a {label}", description="class prompt; must contain {label}")
     domain_prompts: bool = Field(True, description="append ', <client's domain>' to its prompts (node config "
                                  "domain-phrase wins; none for mixed shares)")
+    domain_phrases: str = Field("", description="with generator.domain-prompts: \"\" = each client's domain name; "
+                                "or 'domain=phrase;domain=phrase' describing domains in words (FGL, descriptive "
+                                "prompts), a domain left out keeping its name")
     foundation_steps: int = Field(8000, gt=0, description="the shipped foundation's recipe (loaded prebuilt); any "
                                   "other value builds and caches one")
     foundation_source: str = Field("digits", description="digits (public MNIST part) or an ImageFolder root/class/"
                                    "image the tiny foundation is pretrained on")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="generator weights' dtype; auto = fp16 on CUDA, fp32 on CPU")
+
+
+    def domain_phrase_map(self) -> dict[str, str]:
+        """generator.domain-phrases as {domain: phrase}; raises ConfigError on an item without '='."""
+        phrases = {}
+        for item in (part.strip() for part in self.domain_phrases.split(";")):
+            if not item:
+                continue
+            domain, sep, phrase = item.partition("=")
+            if not sep or not domain.strip() or not phrase.strip():
+                raise ConfigError(f"config key 'generator.domain-phrases' item {item!r} is not 'domain=phrase'; "
+                                  "write e.g. 'mnist=white on black;fonts=on a gradient'")
+            phrases[domain.strip()] = phrase.strip()
+        return phrases
 
 
 class LoraConfig(Section):
@@ -170,6 +187,10 @@ class LoraConfig(Section):
     steps: int = Field(100, gt=0, description="LoRA optimisation steps per client")
     lr: float = Field(1e-3, ge=0, description="LoRA learning rate")
     batch_size: int = Field(32, gt=0, description="LoRA training batch size")
+    train_embeddings: bool = Field(False, description="train the uploaded class prompt embeddings with the adapter "
+                                   "(textual-inversion style; same upload schema)")
+    snr_gamma: float = Field(0.0, ge=0, description="0 = off; >0: min-SNR loss weighting with this gamma (5 is "
+                             "common)")
 
     def target_list(self) -> list[str]:
         """The LoRA target module names."""
@@ -190,6 +211,9 @@ class SynthesisConfig(Section):
     guidance: float = Field(3.0, ge=0, description="classifier-free guidance scale")
     negative_prompt: str = Field("", description="classifier-free guidance's negative prompt; \"\" = the empty "
                                  "prompt (FGL: 'low quality, low resolution')")
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = Field(
+        "trailing", description="how the sampler spaces its steps over the 1,000 training timesteps: trailing "
+        "starts from pure noise (t = 999), leading (SD's saved default) from t = 901 at 10 steps")
     batch_size: int = Field(64, gt=0, description="synthesis batch size")
     subset_ratio: float = Field(0.2, gt=0, le=1, description="share of the synthetic set clients keep for "
                                 "globalization")

@@ -27,13 +27,14 @@ from warmfed_flwr.data import ClientSplit, ImageArrayDataset, ImageFileDataset
 from warmfed_flwr.data.cache_files import ArrayCheck, require_arrays
 from warmfed_flwr.data.partition import MIXED_DOMAIN
 from warmfed_flwr.errors import CheckpointError, GeneratorError
-from warmfed_flwr.generative.lora import adapter_schema, finetune_lora, use_adapter
+from warmfed_flwr.generative.lora import adapter_schema, fit_adapter, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import (
     ChunkedTensor,
     cached_arrays,
     cached_synthesis,
+    pipeline_fingerprint,
     save_grid,
     synthesis_key,
     synthesize_batches,
@@ -54,8 +55,11 @@ logger = logging.getLogger(__name__)
 
 
 def default_domain_phrase(cfg: GeneratorConfig, domain: str) -> str:
-    """A client's domain name as its prompts' domain phrase when ``generator.domain-prompts`` is on; none for mixes."""
-    return domain if cfg.domain_prompts and domain != MIXED_DOMAIN else ""
+    """A client's prompts' domain phrase when ``generator.domain-prompts`` is on: its ``generator.domain-phrases``
+    entry, else its domain name; none for mixes."""
+    if not cfg.domain_prompts or domain == MIXED_DOMAIN:
+        return ""
+    return cfg.domain_phrase_map().get(domain, domain)
 
 
 CPU_LORA_MAX_PARAMETERS = 50_000_000
@@ -117,20 +121,20 @@ def client_upload(
     prompts = class_prompts(cfg.generator.prompt_template, class_names, domain_phrase)
     lora_images = split.train if split.native_train is None else split.native_train
     native = [] if split.native_train is None else ["native-resolution train images", split.native_train]
-    key = dataset_key("round-0 upload", pipe.unet.state_dict(), pipe.text_encoder.state_dict(), str(pipe.dtype),
-                      split.train, prompts, cfg.generator.prompt_template, domain_phrase,
-                      cfg.lora if cfg.lora.enabled else None, cfg.seed, *native)
+    key = dataset_key("round-0 upload", pipeline_fingerprint(pipe), str(pipe.dtype), split.train, prompts,
+                      cfg.generator.prompt_template, domain_phrase, cfg.lora if cfg.lora.enabled else None, cfg.seed,
+                      *native)
     timings: dict[str, float] = {}
 
     def make() -> dict[str, np.ndarray]:
-        named = {protocol.EMBEDDINGS: prompt_embeddings(pipe, prompts).float().numpy()}
-        if cfg.lora.enabled:
-            started = time.perf_counter()
-            adapter = finetune_lora(pipe, lora_images, class_names, cfg.generator.prompt_template, cfg.lora,
-                                    seed=cfg.seed, domain_phrase=domain_phrase)
-            timings["lora_seconds"] = time.perf_counter() - started
-            named.update({protocol.ADAPTER_PREFIX + k: v.float().cpu().numpy() for k, v in adapter.items()})
-        return named
+        if not cfg.lora.enabled:
+            return {protocol.EMBEDDINGS: prompt_embeddings(pipe, prompts).float().numpy()}
+        started = time.perf_counter()
+        adapter, embeddings = fit_adapter(pipe, lora_images, class_names, cfg.generator.prompt_template, cfg.lora,
+                                          seed=cfg.seed, domain_phrase=domain_phrase)
+        timings["lora_seconds"] = time.perf_counter() - started
+        return {protocol.EMBEDDINGS: embeddings.numpy(),
+                **{protocol.ADAPTER_PREFIX + k: v.float().cpu().numpy() for k, v in adapter.items()}}
 
     return cached_arrays(cache_dir / "uploads", key, make, upload_check(len(prompts), cfg.lora.enabled)), timings
 
@@ -218,6 +222,7 @@ class SyntheticWarmStart:
         self.pipe: StableDiffusionPipeline | None = load_pipeline(self.base, self.synthesis_devices[0],
                                                                    cfg.generator.dtype)
         self.extra_pipes: list[StableDiffusionPipeline] = []
+        self.generator_hash = pipeline_fingerprint(self.pipe)
         self.model = seeded_model(cfg.model, len(class_names), cfg.seed)
         self.synthetic: SyntheticSet | None = None
         self.subset: ImageArrayDataset | None = None
@@ -265,9 +270,8 @@ class SyntheticWarmStart:
         embeddings = torch.from_numpy(named[protocol.EMBEDDINGS])
         adapter = {k: torch.from_numpy(v) for k, v in payload.split_prefix(named, protocol.ADAPTER_PREFIX).items()}
         size = self.cfg.data.image_size
-        negative = [syn.negative_prompt] if syn.negative_prompt else []  # the default keeps its earlier key
-        key = synthesis_key(embeddings, *adapter.values(), self.cfg.generator.base, per_class, syn.steps,
-                            syn.guidance, seed, size, *negative)
+        key = synthesis_key(embeddings, adapter, self.generator_hash, per_class, syn.steps, syn.guidance, seed, size,
+                            syn.negative_prompt, syn.timestep_spacing, syn.batch_size)
         self.synthesis_keys[client] = key
 
         def make() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -277,7 +281,8 @@ class SyntheticWarmStart:
                 adapter_loaded.enter_context(use_adapter(active, adapter, client) if adapter else nullcontext())
             try:
                 yield from synthesize_batches(active, embeddings, per_class, syn.steps, syn.guidance,
-                                              syn.batch_size, seed, size=size, negative_prompt=syn.negative_prompt)
+                                              syn.batch_size, seed, size=size, negative_prompt=syn.negative_prompt,
+                                              timestep_spacing=syn.timestep_spacing)
             finally:
                 with ADAPTER_LOCK:
                     adapter_loaded.close()

@@ -6,7 +6,7 @@ diffusion noise, timesteps, empty-prompt coin flips), so a build repeats bit for
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,12 +33,17 @@ def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Gener
 
 @dataclass(frozen=True)
 class TrainingLatents:
-    """The VAE posterior (mean, std) of every training image, its label and the VAE's scaling factor."""
+    """The VAE posterior (mean, std) of every training image, its label and the VAE's scaling factor.
+
+    ``captions`` (optional) gives each image its own prompt index instead of its label's (see
+    :func:`noise_prediction_loss`).
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
     labels: torch.Tensor
     scaling: float
+    captions: torch.Tensor | None = None
 
     @classmethod
     def encode(cls, vae: AutoencoderKL, images: torch.Tensor, labels: torch.Tensor) -> TrainingLatents:
@@ -76,17 +81,23 @@ def noise_prediction_loss(
     unet: UNet2DConditionModel,
     scheduler: DDPMScheduler,
     data: TrainingLatents,
-    prompt_states: torch.Tensor,
+    prompt_states: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
     uncond_prob: float,
     generator: torch.Generator,
     dtype: torch.dtype = torch.float32,
+    plain_prob: float = 0.0,
+    empty_prompt: int | None = None,
+    snr_gamma: float = 0.0,
 ) -> torch.Tensor:
     """MSE of the UNet's noise (or v) prediction on one random batch of ``data``.
 
-    ``prompt_states`` [C + 1, seq, dim] holds the text encoding of each label's prompt, then of the empty prompt,
-    which stands in for a sample's prompt with probability ``uncond_prob``. The UNet runs under autocast in
-    ``dtype`` unless that is float32; the loss is computed in float32.
+    Prompt index ``i`` selects row ``i`` of ``prompt_states`` [P, seq, dim], or, when ``prompt_states`` is a
+    function, its text encoding of prompt indices [B]. A sample's prompt is its label's (rows 0..C-1) or, when
+    ``data.captions`` is set, its own caption (replaced by its label's with probability ``plain_prob``); the last
+    prompt (or ``empty_prompt``), the empty one, stands in with probability ``uncond_prob``. The UNet runs under
+    autocast in ``dtype`` unless that is float32; the loss is computed in float32. ``snr_gamma`` > 0 weights each
+    sample by min(SNR, gamma) / SNR (min-SNR weighting; / (SNR + 1) for v-prediction), damping low-noise timesteps.
     """
     device = data.mean.device
     index = torch.randint(len(data.mean), (batch_size,), generator=generator)
@@ -95,11 +106,22 @@ def noise_prediction_loss(
     noise = torch.randn(latents.shape, generator=generator).to(device)
     timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
     prompt_index = data.labels[index].clone()
-    prompt_index[torch.rand(batch_size, generator=generator) < uncond_prob] = len(prompt_states) - 1
+    if data.captions is not None:
+        plain = torch.rand(batch_size, generator=generator) < plain_prob
+        prompt_index = torch.where(plain, prompt_index, data.captions[index])
+    empty = len(prompt_states) - 1 if empty_prompt is None else empty_prompt
+    prompt_index[torch.rand(batch_size, generator=generator) < uncond_prob] = empty
     noisy = scheduler.add_noise(latents, noise, timesteps)
     velocity = scheduler.config.prediction_type == "v_prediction"
     target = scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
-    encoded = prompt_states[prompt_index.to(device)]
+    on_prompts = prompt_index.to(device)
+    encoded = prompt_states(on_prompts) if callable(prompt_states) else prompt_states[on_prompts]
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         prediction = unet(noisy.to(dtype), timesteps, encoder_hidden_states=encoded).sample
-    return F.mse_loss(prediction.float(), target.float())
+    if snr_gamma <= 0:
+        return F.mse_loss(prediction.float(), target.float())
+    alphas = scheduler.alphas_cumprod.to(device)[timesteps]
+    snr = alphas / (1.0 - alphas)
+    weight = snr.clamp(max=snr_gamma) / (snr + 1.0 if velocity else snr)
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weight).mean()

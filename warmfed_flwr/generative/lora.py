@@ -109,8 +109,10 @@ class LoraStep:
 
 
 @contextmanager
-def lora_training(unet: UNet2DConditionModel, cfg: LoraConfig, seed: int) -> Iterator[LoraStep]:
-    """A fresh LoRA (seeded, fp32 parameters) on the frozen ``unet`` in train mode, with its ``LoraStep``.
+def lora_training(unet: UNet2DConditionModel, cfg: LoraConfig, seed: int,
+                  extra: list[torch.nn.Parameter] | None = None) -> Iterator[LoraStep]:
+    """A fresh LoRA (seeded, fp32 parameters) on the frozen ``unet`` in train mode, with its ``LoraStep`` (which
+    also steps the ``extra`` parameters).
 
     On exit the adapter is removed and every base weight's requires_grad flag and the train/eval mode are restored.
     """
@@ -123,7 +125,7 @@ def lora_training(unet: UNet2DConditionModel, cfg: LoraConfig, seed: int) -> Ite
         add_lora(unet, cfg, TRAIN_ADAPTER)
     try:
         cast_training_params(unet, torch.float32)
-        step = LoraStep([p for p in unet.parameters() if p.requires_grad], cfg.lr, base_dtype)
+        step = LoraStep([p for p in unet.parameters() if p.requires_grad] + list(extra or []), cfg.lr, base_dtype)
         unet.train()
         yield step
     finally:
@@ -152,13 +154,29 @@ def finetune_lora(
     seed: int,
     domain_phrase: str = "",
 ) -> dict[str, torch.Tensor]:
-    """Fine-tune a fresh LoRA on the UNet with the noise-prediction loss on ``dataset``; returns the adapter.
+    """The adapter of :func:`fit_adapter` (its class embeddings dropped)."""
+    return fit_adapter(pipe, dataset, class_names, template, cfg, seed, domain_phrase)[0]
 
-    Prompts are ``class_prompts(template, class_names, domain_phrase)`` by label, with 10% empty prompts. The
-    text encoder, the VAE and every base weight stay frozen, and the adapter is removed from the pipeline
-    afterwards, which leaves the pipeline exactly as it was. The training images are read, resized to the
-    generator's native size and VAE-encoded batch by batch (``training_batches``); only their latent stats are kept.
-    The step runs in the UNet's precision (``LoraStep``).
+
+def fit_adapter(
+    pipe: StableDiffusionPipeline,
+    dataset: Dataset,
+    class_names: list[str],
+    template: str,
+    cfg: LoraConfig,
+    seed: int,
+    domain_phrase: str = "",
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Fine-tune a fresh LoRA on the UNet with the noise-prediction loss on ``dataset``; the adapter and the class
+    prompt embeddings [C, seq, dim] (fp32, CPU) to synthesize with.
+
+    Prompts are ``class_prompts(template, class_names, domain_phrase)`` by label, with 10% empty prompts. With
+    ``lora.train-embeddings`` the class prompts' text-encoder outputs are trained with the adapter (textual-inversion
+    style; the empty prompt's stay fixed), else they are the frozen encoder's. ``lora.snr-gamma`` > 0 weights the
+    loss by min-SNR. The text encoder, the VAE and every base weight stay frozen, and the adapter is removed from
+    the pipeline afterwards, which leaves the pipeline exactly as it was. The training images are read, resized to
+    the generator's native size and VAE-encoded batch by batch (``training_batches``); only their latent stats are
+    kept. The step runs in the UNet's precision (``LoraStep``).
     """
     unet, device = pipe.unet, pipe.device
     started = time.perf_counter()
@@ -166,27 +184,31 @@ def finetune_lora(
     dataset = lora_images(dataset, cfg, seed)
     batches = training_batches(dataset, class_names, size, "LoRA")
     data = TrainingLatents.encode_batches(pipe.vae, batches, len(dataset))  # type: ignore[arg-type]
-    embeddings = prompt_embeddings(pipe, class_prompts(template, class_names, domain_phrase) + [""])
-    embeddings = embeddings.to(device, unet.dtype)
+    frozen = prompt_embeddings(pipe, class_prompts(template, class_names, domain_phrase) + [""])
+    classes = torch.nn.Parameter(frozen[:-1].clone().to(device), requires_grad=cfg.train_embeddings)
+    empty = frozen[-1:].to(device)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    with lora_training(unet, cfg, seed) as step:
+    with lora_training(unet, cfg, seed, [classes] if cfg.train_embeddings else []) as step:
         bar = progress_bar(range(cfg.steps), desc="client LoRA", unit="step")
         for _ in bar:
+            states = torch.cat([classes, empty]).to(unet.dtype)
             loss = noise_prediction_loss(
-                unet, noise_scheduler, data, embeddings, cfg.batch_size, UNCOND_PROB, generator, step.dtype
+                unet, noise_scheduler, data, states, cfg.batch_size, UNCOND_PROB, generator, step.dtype,
+                snr_gamma=cfg.snr_gamma,
             )
             losses.append(step(loss))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         state = _adapter_state(unet, TRAIN_ADAPTER, cfg)
     window = max(1, min(50, len(losses) // 5))
     logger.info(
-        "LoRA r=%d on %d images: %d steps in %.1f s, loss %.4f -> %.4f, %d tensors, %.1f KiB",
+        "LoRA r=%d on %d images: %d steps in %.1f s, loss %.4f -> %.4f, %d tensors, %.1f KiB%s",
         cfg.rank, len(data.labels), cfg.steps, time.perf_counter() - started,
         sum(losses[:window]) / window, sum(losses[-window:]) / window, len(state), adapter_bytes(state) / 1024,
+        ", embeddings trained" if cfg.train_embeddings else "",
     )
-    return state
+    return state, classes.detach().float().cpu()
 
 
 def adapter_bytes(state: Mapping[str, torch.Tensor]) -> int:

@@ -41,12 +41,14 @@ def foundation_quality(
     seed: int = 0,
     device: torch.device | None = None,
     classifier_epochs: int = 10,
+    domain_phrase: str = "",
 ) -> dict[str, Any]:
     """Class fidelity and train-on-synthetic/test-on-real accuracy of the generator on real images.
 
     A classifier trained on ``real`` scores the generated images per class (fidelity); a classifier trained on the
     generated images is tested on ``holdout`` (default: a seeded fifth of ``real``, the rest training the judge).
-    Pass as ``holdout`` real images the generator never saw, or the figures include memorisation.
+    Pass as ``holdout`` real images the generator never saw, or the figures include memorisation. The prompts carry
+    ``domain_phrase`` when given (the style phrase of ``real``, for a foundation trained on restyled images).
     """
     device = device or resolve_device("auto")
     start = time.perf_counter()
@@ -55,7 +57,7 @@ def foundation_quality(
     else:
         real_train, real_test = TensorDataset(*dataset_tensors(real)), TensorDataset(*dataset_tensors(holdout))
     size = int(real_train.tensors[0].shape[-1])
-    embeddings = prompt_embeddings(pipe, class_prompts(template, class_names))
+    embeddings = prompt_embeddings(pipe, class_prompts(template, class_names, domain_phrase))
     images, labels = synthesize(pipe, embeddings, images_per_class, steps, guidance, batch_size=64, seed=seed,
                                 size=size)
     synthetic = TensorDataset(images, labels)
@@ -79,6 +81,7 @@ def foundation_quality(
         "synthetic_images": len(images),
         "real_train_images": len(real_train),
         "real_test_images": len(real_test),
+        "domain_phrase": domain_phrase,
         "quality_seconds": time.perf_counter() - start,
     }
     logger.info(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch.nn import functional as F
 from torchvision.utils import save_image
 
@@ -43,12 +43,14 @@ def synthesize_batches(
     seed: int,
     size: int | None = None,
     negative_prompt: str = "",
+    timestep_spacing: str | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Generate ``images_per_class`` images for each row of ``embeddings`` [C, seq, dim], one batch at a time.
 
     Labels interleave the classes (0, 1, ..., C-1, 0, 1, ...) so every batch holds several classes.
     The negative embedding for classifier-free guidance is the pipeline's own embedding of ``negative_prompt``
-    (by default "", the unconditional prompt).
+    (by default "", the unconditional prompt). ``timestep_spacing`` (leading, trailing, linspace) replaces the
+    sampler's spacing of its steps when given (trailing starts from pure noise, t = 999).
     Batch ``b`` draws its noise from ``torch.Generator().manual_seed(batch_seed(seed, b))`` on the CPU, so a
     run repeats for the same seed and batch size. Yields float images [b, 3, H, W] in [0, 1] on the CPU
     (resized to ``size`` when given) and their int64 labels [b]; the inputs are checked before the first batch.
@@ -66,6 +68,8 @@ def synthesize_batches(
         )
     labels = torch.arange(embeddings.shape[0]).repeat(images_per_class)
     pipe.set_progress_bar_config(disable=True)
+    if timestep_spacing is not None and pipe.scheduler.config.timestep_spacing != timestep_spacing:
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=timestep_spacing)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device, dtype = pipe.device, pipe.unet.dtype
@@ -100,10 +104,11 @@ def synthesize(
     seed: int,
     size: int | None = None,
     negative_prompt: str = "",
+    timestep_spacing: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All of :func:`synthesize_batches` at once: float images [N, 3, H, W] in [0, 1] and int64 labels [N]."""
     parts = list(synthesize_batches(pipe, embeddings, images_per_class, steps, guidance, batch_size, seed, size,
-                                    negative_prompt))
+                                    negative_prompt, timestep_spacing))
     return torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
 
 
@@ -156,6 +161,15 @@ def synthesis_key(*parts: Any) -> str:
     for part in parts:
         feed_digest(digest, part)
     return digest.hexdigest()
+
+
+def pipeline_fingerprint(pipe: StableDiffusionPipeline) -> str:
+    """sha256 of everything in a pipeline that shapes what it draws: the UNet's, VAE's and text encoder's weights
+    (with dtypes), the scheduler config and the tokenizer's vocabulary. Cache keys use it, never the base's name."""
+    return synthesis_key(
+        "generator", pipe.unet.state_dict(), pipe.vae.state_dict(), pipe.text_encoder.state_dict(),
+        dict(pipe.scheduler.config), sorted(pipe.tokenizer.get_vocab().items()),
+    )
 
 
 def cached_arrays(

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ def machine() -> dict[str, str]:
             info[package] = version(package)
         except PackageNotFoundError:
             info[package] = "not installed"
-    info["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return info
 
 

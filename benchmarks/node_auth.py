@@ -20,7 +20,7 @@ from benchmarks.harness import BIN, ROOT, Processes, start_superlink, start_supe
 
 def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     """Write a CA (ca.crt) and a server certificate and key for 127.0.0.1/localhost signed by it; return the paths."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warmfed test CA")])
     ca_cert = (

@@ -1,5 +1,6 @@
 """Replacing a dead Ray client actor in Flower's simulation pool (the end-to-end check is tests/test_fault_run.py)."""
 
+import tomllib
 from types import SimpleNamespace
 
 import flwr
@@ -9,11 +10,6 @@ from ray.exceptions import ActorDiedError
 
 from benchmarks.harness import ROOT
 from warmfed_flwr import actor_recovery
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 
 def actor(actor_id: str) -> SimpleNamespace:

@@ -4,8 +4,10 @@ import statistics
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmarks.harness import Processes, flwr_run, read_metrics, run_statuses, start_superlink
+from tests.test_tracking import expected as expected_tracking
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import load_clients
 from warmfed_flwr.runtime import cache_dir
@@ -46,7 +48,8 @@ def assert_counts_of_test_splits(row: dict, sizes: dict[str, int], kind: str = "
 
 
 def test_fedavg_through_flwr_run_writes_results(simulation, tmp_path, shared_cache):
-    done = flwr_run(simulation, tiny(tmp_path, shared_cache, algorithm="fedavg", **{"train.rounds": 2}), 4, 600)
+    overrides = {"train.rounds": 2, "tracking.backend": "tensorboard"}
+    done = flwr_run(simulation, tiny(tmp_path, shared_cache, algorithm="fedavg", **overrides), 4, 600)
     run = tmp_path / "run"
     assert (run / "metrics.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
     metrics = read_metrics(run)
@@ -63,6 +66,9 @@ def test_fedavg_through_flwr_run_writes_results(simulation, tmp_path, shared_cac
     assert (run / "metrics.csv").read_text().startswith("round,")
     assert f"results written to {run}" in done.stdout + done.stderr, "the run's INFO logs must reach the stream"
     assert "algorithm: fedavg" in (run / "config.yaml").read_text()
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    logged = {(event.step, tag): event.value for tag in events.Tags()["scalars"] for event in events.Scalars(tag)}
+    assert logged == pytest.approx(expected_tracking(metrics))
 
 
 def test_bad_config_stops_the_run_with_one_line(simulation, tmp_path, shared_cache):

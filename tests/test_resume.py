@@ -1,5 +1,6 @@
 """Server checkpoints: the store and the strategy wrapper (a SIGKILLed run: tests/test_client_state_resume.py)."""
 
+import logging
 import random
 import re
 
@@ -50,7 +51,7 @@ def test_newest_wins_and_only_the_newest_few_are_kept(tmp_path):
     store = CheckpointStore(tmp_path, keep=3)
     for server_round in (1, 2, 10, 3, 4):
         store.save(checkpoint(server_round))
-    assert [p.name for p in store.paths()] == ["round-0010.npz", "round-0004.npz", "round-0003.npz"]
+    assert [p.name for p in store.paths()] == ["round-0009.npz", "round-0003.npz", "round-0002.npz"]
     assert store.load_newest().server_round == 10
 
 
@@ -65,7 +66,7 @@ def test_an_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", crash)
     with pytest.raises(KeyboardInterrupt):
         store.save(checkpoint(2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-0001.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-0000.npz"]
     assert store.load_newest().server_round == 1
 
 
@@ -78,9 +79,24 @@ def test_a_corrupt_newest_file_is_skipped_with_a_clear_message(tmp_path, caplog)
         read_checkpoint(newest)
     assert store.load_newest().server_round == 1
     assert f"checkpoint {newest} is unreadable" in caplog.text
-    (tmp_path / "round-0001.npz").write_bytes(b"not a zip")
+    (tmp_path / "round-0000.npz").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match=f"no readable checkpoint in {tmp_path}"):
         store.load_newest()
+
+
+def test_files_and_log_lines_number_rounds_as_metrics_and_summary_do(tmp_path, caplog):
+    """WarmFed's last server round 6 is its round 5 in metrics.json and summary.md: the checkpoint says 5 too."""
+    caplog.set_level(logging.INFO, logger="warmfed_flwr.checkpoint")
+    store = CheckpointStore(tmp_path)
+    path = store.save(checkpoint(6))
+    assert path.name == "round-0005.npz"
+    assert f"checkpoint of round 5 written to {path}" in caplog.text
+    store.load_newest()
+    assert f"resuming from {path} (round 5)" in caplog.text
+    assert "round 6" not in caplog.text
+    path.rename(tmp_path / "round-0006.npz")
+    with pytest.raises(CheckpointError, match="holds round 5, not its file name's"):
+        read_checkpoint(tmp_path / "round-0006.npz")
 
 
 def test_nothing_is_ever_pickled(tmp_path):

@@ -1,5 +1,7 @@
 """Server checkpoints: after every round, the global model, the round, the strategy state, the run history and
-the random states, written atomically to ``<run dir>/checkpoints/``; a resumed run loads the newest readable one.
+the random states, written atomically to ``<run dir>/checkpoints/round-<round>.npz``; a resumed run loads the newest
+readable one. Files and log lines name the algorithm round (WarmFed's upload round is 0), as metrics.json and
+summary.md do; Flower's server round is one more for WarmFed and FGL.
 
 A checkpoint is one ``.npz`` file of plain arrays plus a JSON document stored as UTF-8 bytes: loading it never
 unpickles anything.
@@ -125,13 +127,13 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to use an older one"
         ) from None
     match = _NAME.match(path.name)
-    if match and int(match.group(1)) != checkpoint.server_round:
-        raise CheckpointError(f"checkpoint {path} holds server round {checkpoint.server_round}, not its file name's")
+    if match and int(match.group(1)) != checkpoint.algorithm_round:
+        raise CheckpointError(f"checkpoint {path} holds round {checkpoint.algorithm_round}, not its file name's")
     return checkpoint
 
 
 class CheckpointStore:
-    """The checkpoints of one run, one file per server round, keeping the newest ``keep``."""
+    """The checkpoints of one run, one file per round, keeping the newest ``keep``."""
 
     def __init__(self, directory: Path, keep: int = KEEP) -> None:
         self.directory = directory
@@ -148,7 +150,7 @@ class CheckpointStore:
         """Write ``checkpoint`` atomically (temporary file, fsync, rename) and drop all but the newest few."""
         self.directory.mkdir(parents=True, exist_ok=True)
         arrays = _to_arrays(checkpoint)
-        path = self.directory / f"round-{checkpoint.server_round:04d}.npz"
+        path = self.directory / f"round-{checkpoint.algorithm_round:04d}.npz"
         for stale in self.directory.glob(".round-*.tmp"):
             stale.unlink(missing_ok=True)
         handle, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.stem}-", suffix=".tmp")
@@ -163,7 +165,7 @@ class CheckpointStore:
         _fsync_directory(self.directory)
         for old in self.paths()[self.keep:]:
             old.unlink(missing_ok=True)
-        logger.info("checkpoint of server round %d written to %s", checkpoint.server_round, path)
+        logger.info("checkpoint of round %d written to %s", checkpoint.algorithm_round, path)
         return path
 
     def load_newest(self) -> Checkpoint:
@@ -179,7 +181,7 @@ class CheckpointStore:
                 logger.warning("%s", exc)
                 problems.append(str(exc))
                 continue
-            logger.info("resuming from %s (server round %d)", path, checkpoint.server_round)
+            logger.info("resuming from %s (round %d)", path, checkpoint.algorithm_round)
             return checkpoint
         raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(problems))
 

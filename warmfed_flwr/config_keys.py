@@ -9,16 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic.fields import FieldInfo
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 from warmfed_flwr.config import KEYS_DOC, UNSET, bounds, interval, schema, schema_fields, usage_conditions
 from warmfed_flwr.config_schema import ExperimentConfig, Section

@@ -354,6 +354,14 @@ class FaultConfig(Section):
         return self.kind != "none" and partition_id in self.client_ids() and (not rounds or algo_round in rounds)
 
 
+class TrackingConfig(Section):
+    """Experiment tracking: metrics.json's rounds and stage times also in a local TensorBoard or MLflow store."""
+
+    backend: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="none; tensorboard: event files in <run dir>/tensorboard; mlflow: <run dir>/mlflow.db "
+        "(both need the 'tracking' extra)")
+
+
 def _int_list(key: str, text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -386,6 +394,7 @@ class ExperimentConfig(Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     faults: FaultConfig = Field(default_factory=FaultConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_flat(self) -> dict[str, Any]:
         """The config as flat kebab-case keys, the shape of Flower's run config."""

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from warmfed_flwr.tracking import Tracker, open_tracker
+
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_QUALITY_PREFIX = "synthetic_quality_"
@@ -67,10 +69,13 @@ class RunRecorder:
     privacy_budget: dict[str, Any] = field(default_factory=dict)
     """A DP run's (epsilon, delta) and how it was accounted (warmfed_flwr/dp.py); empty without DP."""
     started: float = field(default_factory=time.perf_counter)
+    tracker: Tracker | None = field(init=False, default=None)
+    """Where tracking.backend sends the rounds and stage times (None: nowhere)."""
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.directory / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+        self.tracker = open_tracker(self.config.get("tracking.backend", "none"), self.directory, self.config)
 
     def add_time(self, stage: str, seconds: float) -> None:
         """Account ``seconds`` of wall-clock to ``stage``."""
@@ -111,7 +116,7 @@ class RunRecorder:
         self.flush()
 
     def flush(self) -> None:
-        """Write metrics.json and metrics.csv."""
+        """Write metrics.json and metrics.csv, and send new round values to the tracker."""
         total = time.perf_counter() - self.started
         accounted = sum(self.stage_seconds.values())
         timing = {**self.stage_seconds, "other": max(total - accounted, 0.0), "total": total}
@@ -126,10 +131,17 @@ class RunRecorder:
             writer.writeheader()
             writer.writerows(self.rounds)
         os.replace(tmp, self.directory / "metrics.csv")
+        if self.tracker is not None:
+            self.tracker.send_rounds(self.rounds)
 
     def finish(self) -> str:
-        """Write summary.md and accuracy.png; return the summary text."""
+        """Write summary.md and accuracy.png, close the tracker with metrics.json's stage times; return the summary
+        text."""
         self.flush()
+        if self.tracker is not None:
+            timing = json.loads((self.directory / "metrics.json").read_text())["time_seconds"]
+            self.tracker.finish(self.rounds, timing)
+            self.tracker = None
         summary = summarize(self.rounds, self.config, self.stage_seconds, self.events, self.privacy_audit,
                             self.privacy_budget)
         _atomic_write(self.directory / "summary.md", summary)

@@ -245,6 +245,27 @@ def unet_adapter_schema(unet: UNet2DConditionModel, cfg: LoraConfig) -> Schema:
     return {PREFIX + key: (tuple(value.shape), "float32") for key, value in state.items()}
 
 
+class OncePerProcess(logging.Filter):
+    """Lets each distinct message through once in this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True the first time ``record``'s message is seen."""
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+LOADER_LOGGERS = ("diffusers.loaders.lora_base", "diffusers.loaders.peft")
+"""diffusers warns 'No LoRA keys associated to CLIPTextModel found' here for every UNet-only adapter it loads."""
+_ONCE = OncePerProcess()
+
+
 @contextmanager
 def use_adapter(pipe: StableDiffusionPipeline, state: Mapping[str, torch.Tensor], name: str) -> Iterator[None]:
     """Load ``state`` into the resident pipeline as adapter ``name`` and fuse it into the UNet's weights for the
@@ -252,6 +273,8 @@ def use_adapter(pipe: StableDiffusionPipeline, state: Mapping[str, torch.Tensor]
     synthesis ~30 % slower); then unfuse and delete it, and put back the base weights it was fused into, bit for bit
     (unfusing alone subtracts in floating point), without reloading the pipeline.
     """
+    for logger_name in LOADER_LOGGERS:
+        logging.getLogger(logger_name).addFilter(_ONCE)
     try:
         pipe.load_lora_weights(dict(state), adapter_name=name)
         loaded = {PREFIX + key for key in get_peft_model_state_dict(pipe.unet, adapter_name=name)}

@@ -1,0 +1,20 @@
+"""Third-party warnings of adapter loading: diffusers' 'No LoRA keys associated to CLIPTextModel' once per process."""
+
+import torch
+
+from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.generative.lora import adapter_schema, use_adapter
+from warmfed_flwr.generative.pipeline import load_pipeline
+
+WARNING = "No LoRA keys associated to CLIPTextModel found"
+
+
+def test_each_client_adapter_loads_with_the_text_encoder_warning_printed_once(tiny_pipeline_dir, caplog):
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    schema = adapter_schema(pipe, LoraConfig())
+    for client in ("client-a", "client-b", "client-c"):
+        state = {key: 0.01 * torch.randn(shape, generator=generator) for key, (shape, _) in schema.items()}
+        with use_adapter(pipe, state, client):
+            pass
+    assert sum(WARNING in record.getMessage() for record in caplog.records) == 1

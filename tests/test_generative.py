@@ -18,7 +18,7 @@ from warmfed_flwr.config import GeneratorConfig, LoraConfig
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative import foundation, lora, pipeline
 from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation, foundation_key
-from warmfed_flwr.generative.foundation_training import pretrain_denoiser, styled_pool, train_vae, vae_images
+from warmfed_flwr.generative.foundation_training import pretrain_foundation
 from warmfed_flwr.generative.lora import (
     adapter_schema,
     add_lora,
@@ -36,7 +36,7 @@ from warmfed_flwr.generative.synthesis import (
     synthesis_key,
     synthesize,
 )
-from warmfed_flwr.generative.tiny_architecture import LATENT_CHANNELS, TEXT_WIDTH, build_tiny_pipeline
+from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
 from warmfed_flwr.generative.tokenizer import MAX_TOKENS, VOCABULARY, build_tokenizer
 
 CPU = torch.device("cpu")
@@ -159,7 +159,7 @@ def test_prompts_and_embeddings(pipe) -> None:
     prompts = class_prompts(TEMPLATE, NAMES, domain_phrase="handwritten")
     assert prompts[1] == "a photo of a one, handwritten"
     emb = prompt_embeddings(pipe, prompts)
-    assert emb.shape == (3, MAX_TOKENS, TEXT_WIDTH) and emb.dtype == torch.float32 and emb.device == CPU
+    assert emb.shape == (3, MAX_TOKENS, 32) and emb.dtype == torch.float32 and emb.device == CPU
     with pytest.raises(GeneratorError, match="placeholder"):
         class_prompts("a photo of a {class}", NAMES)
 
@@ -197,8 +197,8 @@ def test_adapter_round_trip_and_base_restored(pipe, embeddings: torch.Tensor, tm
 def test_exported_adapter_keeps_alpha_scale(pipe) -> None:
     cfg = LoraConfig(rank=2, alpha=8.0, targets="to_q,to_v,conv2")
     unet = pipe.unet
-    sample = torch.randn(2, LATENT_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(0))
-    context = torch.randn(2, MAX_TOKENS, TEXT_WIDTH, generator=torch.Generator().manual_seed(1))
+    sample = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(2, MAX_TOKENS, 32, generator=torch.Generator().manual_seed(1))
     add_lora(unet, cfg, "scaled")
     try:
         with torch.no_grad():
@@ -307,18 +307,13 @@ def test_save_grid_caps_its_rows(tmp_path: Path) -> None:
 
 def _tiny_spec(**changes) -> FoundationSpec:
     spec = FoundationSpec(steps=25, vae_steps=25, batch_size=16, warmup_steps=5, quality_images_per_class=4,
-                          quality_steps=2, holdout_fraction=0.25, vae_photo_crops=32, vae_extra_images=16,
-                          style_copies=2)
+                          quality_steps=2, holdout_fraction=0.25)
     return dataclasses.replace(spec, **changes)
 
 
 def test_pretrain_foundation_reduces_losses() -> None:
     tiny = build_tiny_pipeline(seed=1)
-    spec = _tiny_spec(steps=40)
-    pool = styled_pool(shapes_dataset(per_class=16), NAMES, spec, 32)
-    assert len(pool.images) == 2 * 48 and len(set(pool.phrases)) > 3
-    stats = train_vae(tiny.vae, vae_images(pool, spec, 32), spec, CPU)
-    stats.update(pretrain_denoiser(tiny, pool, NAMES, spec, TEMPLATE, CPU))
+    stats = pretrain_foundation(tiny, shapes_dataset(per_class=16), NAMES, _tiny_spec(steps=40), TEMPLATE, CPU)
     assert stats["vae_mse_final"] < stats["vae_mse_first"]
     assert stats["unet_loss_final"] < stats["unet_loss_first"]
     assert tiny.vae.config.scaling_factor == pytest.approx(stats["vae_scaling_factor"])

@@ -1,13 +1,25 @@
-"""The foundation's style randomisation, its captions, the VAE's extra images and the public photos' provenance."""
+"""The candidate styled foundation's pool: style randomisation, its captions, the VAE's extra images and the public
+photos' provenance (benchmarks/styled_pool.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from warmfed_flwr.data import digits, photos
-from warmfed_flwr.generative.styles import PALETTE, WORDS, colour_name, ink_mask, source_phrase, stylise
-from warmfed_flwr.generative.tokenizer import VOCABULARY, build_tokenizer
-from warmfed_flwr.generative.vae_pool import flat_colours, gradients, random_shapes, vae_extras
+from benchmarks import styled_pool as photos
+from benchmarks.styled_foundation import StyledSpec, styled_pipeline
+from benchmarks.styled_pool import (
+    PALETTE,
+    WORDS,
+    colour_name,
+    flat_colours,
+    gradients,
+    ink_mask,
+    random_shapes,
+    source_phrase,
+    stylise,
+    vae_extras,
+)
+from warmfed_flwr.data import digits
 
 
 def _digit_like(count: int, size: int = 16) -> torch.Tensor:
@@ -52,9 +64,8 @@ def test_stylise_captions_what_it_draws_and_repeats_by_seed() -> None:
             assert colour_name(image[:, 8, 8]) == fg and colour_name(image[:, 0, 0]) == bg, phrase
 
 
-def test_every_style_word_is_one_token() -> None:
-    tokenizer = build_tokenizer()
-    assert set(WORDS) <= set(VOCABULARY)
+def test_every_style_word_is_one_token_of_the_styled_pipeline() -> None:
+    tokenizer = styled_pipeline(StyledSpec()).tokenizer
     for word in WORDS:
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
 

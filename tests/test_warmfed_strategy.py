@@ -387,13 +387,13 @@ def _assert_same_arrays(first: dict, second: dict) -> None:
 
 
 def _counting_lora(monkeypatch) -> list:
-    real, calls = warmstart.finetune_lora, []
+    real, calls = warmstart.fit_adapter, []
 
     def counted(*args, **kwargs):
         calls.append(kwargs.get("domain_phrase"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(warmstart, "finetune_lora", counted)
+    monkeypatch.setattr(warmstart, "fit_adapter", counted)
     return calls
 
 
@@ -407,7 +407,7 @@ def test_client_upload_is_cached_and_repeated_exactly(tiny_pipeline_dir, tmp_pat
     def no_lora(*args, **kwargs):
         raise AssertionError("LoRA ran again although the upload is cached")
 
-    monkeypatch.setattr(warmstart, "finetune_lora", no_lora)
+    monkeypatch.setattr(warmstart, "fit_adapter", no_lora)
     second, _ = _upload(cfg, tmp_path)
     _assert_same_arrays(first, second)
     assert any(k.startswith(protocol.ADAPTER_PREFIX) for k in second)

@@ -212,8 +212,8 @@ class SynthesisConfig(Section):
     negative_prompt: str = Field("", description="classifier-free guidance's negative prompt; \"\" = the empty "
                                  "prompt (FGL: 'low quality, low resolution')")
     timestep_spacing: Literal["leading", "trailing", "linspace"] = Field(
-        "trailing", description="how the sampler spaces its steps over the 1,000 training timesteps: trailing "
-        "starts from pure noise (t = 999), leading (SD's saved default) from t = 901 at 10 steps")
+        "leading", description="how the sampler spaces its steps over the 1,000 training timesteps: leading (SD's "
+        "saved default) starts at t = 901 with 10 steps, trailing from pure noise (t = 999)")
     batch_size: int = Field(64, gt=0, description="synthesis batch size")
     subset_ratio: float = Field(0.2, gt=0, le=1, description="share of the synthetic set clients keep for "
                                 "globalization")

@@ -19,27 +19,23 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKL, StableDiffusionPipeline
 from filelock import FileLock, Timeout
 
 from warmfed_flwr.config import GeneratorConfig
 from warmfed_flwr.data import default_cache_dir, load_public_pool
-from warmfed_flwr.generative.foundation_training import pretrain_denoiser, styled_pool, train_vae, vae_images
-from warmfed_flwr.generative.images import dataset_tensors
+from warmfed_flwr.generative.foundation_training import pretrain_foundation
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE
 from warmfed_flwr.generative.quality import foundation_quality, split_holdout
-from warmfed_flwr.generative.styles import source_phrase
 from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
 from warmfed_flwr.training import resolve_device
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURE = "tiny-sd-v3"
+ARCHITECTURE = "tiny-sd-v2"
 """Bumped whenever the tiny architecture or its training recipe changes, so stale caches are not reused."""
 RECORD = "quality.json"
 """The build record in a cached foundation: recipe, quality figures and the sha256 of every other file."""
@@ -55,13 +51,10 @@ class FoundationSpec:
     seed: int = 0
     lr: float = 1e-3
     batch_size: int = 32
-    vae_steps: int = 3000
-    vae_photo_crops: int = 2000
-    vae_extra_images: int = 1000
+    vae_steps: int = 1200
+    vae_photo_crops: int = 1600
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
-    style_copies: int = 6
-    plain_prob: float = 0.2
     uncond_prob: float = 0.1
     warmup_steps: int = 50
     holdout_fraction: float = 0.2
@@ -121,41 +114,6 @@ def cache_problem(directory: Path) -> str | None:
     return None
 
 
-VAE_FIELDS = ("source", "image_size", "seed", "batch_size", "vae_steps", "vae_photo_crops", "vae_extra_images",
-              "vae_lr", "vae_kl_weight", "style_copies", "warmup_steps", "holdout_fraction")
-"""The spec fields the VAE stage depends on: a build that changes only others reuses the cached VAE."""
-
-
-def vae_key(spec: FoundationSpec) -> str:
-    """A short sha256 of the architecture version and the VAE stage's spec fields."""
-    fields = {name: getattr(spec, name) for name in VAE_FIELDS}
-    return hashlib.sha256(json.dumps({"arch": ARCHITECTURE, "vae": fields}, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _trained_vae(pipe: StableDiffusionPipeline, images: torch.Tensor, spec: FoundationSpec, cache_dir: Path,
-                 device: torch.device) -> dict[str, Any]:
-    """Train ``pipe``'s VAE on ``images``, or load the one a build with the same VAE fields cached; its stats."""
-    target = Path(cache_dir) / "foundation" / f"vae-{vae_key(spec)}"
-    stats_file = target / "training.json"
-    if stats_file.is_file():
-        pipe.vae = AutoencoderKL.from_pretrained(target).eval()
-        logger.info("foundation VAE loaded from %s", target)
-        return json.loads(stats_file.read_text())
-    stats = train_vae(pipe.vae, images, spec, device)
-    pipe.vae.to("cpu")
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        pipe.vae.save_pretrained(staging, safe_serialization=True)
-        (staging / "training.json").write_text(json.dumps(stats, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return stats
-
-
 def _build_into(spec: FoundationSpec, cache_dir: Path, template: str, target: Path) -> None:
     """Build, pretrain, score and save the foundation atomically at ``target``."""
     started = time.perf_counter()
@@ -163,14 +121,10 @@ def _build_into(spec: FoundationSpec, cache_dir: Path, template: str, target: Pa
     train, holdout = split_holdout(pool, spec.holdout_fraction, spec.seed)
     device = resolve_device("auto")
     pipe = build_tiny_pipeline(spec.seed, spec.image_size)
-    styled = styled_pool(train, class_names, spec, spec.image_size)
-    stats = {"images": len(train), "styled_images": len(styled.images), "steps": spec.steps,
-             "vae_steps": spec.vae_steps, "device": str(device)}
-    stats.update(_trained_vae(pipe, vae_images(styled, spec, spec.image_size), spec, cache_dir, device))
-    stats.update(pretrain_denoiser(pipe, styled, class_names, spec, template, device))
+    stats = pretrain_foundation(pipe, train, class_names, spec, template, device)
     quality = foundation_quality(
         pipe, train, class_names, template, holdout, spec.quality_images_per_class, spec.quality_steps,
-        spec.quality_guidance, spec.seed, device, domain_phrase=source_phrase(dataset_tensors(holdout)[0]),
+        spec.quality_guidance, spec.seed, device,
     )
     pipe.to("cpu")
     build_seconds = time.perf_counter() - started

@@ -1,9 +1,7 @@
-"""Pretraining of the tiny foundation: the VAE on reconstruction, then the UNet and text encoder on noise prediction
-over a style-randomised, captioned public pool."""
+"""Pretraining of the tiny foundation: the VAE on reconstruction, then the UNet and text encoder on noise prediction."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,8 +21,6 @@ from warmfed_flwr.generative.diffusion import (
 )
 from warmfed_flwr.generative.images import training_images
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts
-from warmfed_flwr.generative.styles import StyledPool, stylise
-from warmfed_flwr.generative.vae_pool import vae_extras
 from warmfed_flwr.progress import progress_bar
 from warmfed_flwr.training import resolve_device
 
@@ -34,9 +30,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def train_vae(vae: AutoencoderKL, images: torch.Tensor, spec: FoundationSpec, device: torch.device) -> dict[str, Any]:
-    """Reconstruction training (L1 + MSE, a tiny KL) on ``images``, then scaling_factor = 1 / std of their latents."""
+def _train_vae(
+    vae: AutoencoderKL, images: torch.Tensor, spec: FoundationSpec, device: torch.device,
+    extra: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Reconstruction training on ``images`` and ``extra``, then scaling_factor = 1 / std of ``images``' latents."""
     generator = torch.Generator().manual_seed(spec.seed)
+    latent_source = images
+    if extra is not None and len(extra):
+        images = torch.cat([images, extra.to(images.dtype)])
     vae.to(device).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.vae_lr)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(spec.warmup_steps, spec.vae_steps), spec.vae_steps)
@@ -50,7 +52,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, spec: FoundationSpec, de
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(sample_latents(posterior.mean, posterior.std, generator)).sample
         mse = F.mse_loss(recon, x)
-        loss = mse + F.l1_loss(recon, x) + spec.vae_kl_weight * posterior.kl().mean()
+        loss = mse + spec.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -58,7 +60,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, spec: FoundationSpec, de
         losses.append(mse.item() / 4.0)
         bar.set_postfix(mse=f"{losses[-1]:.4f}")
     vae.eval().requires_grad_(False)
-    latents = sample_latents(*encode_latent_stats(vae, images), generator)
+    latents = sample_latents(*encode_latent_stats(vae, latent_source), generator)
     scaling = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scaling)
     window = max(1, min(50, len(losses) // 5))
@@ -72,27 +74,22 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, spec: FoundationSpec, de
 
 def _train_denoiser(
     pipe: StableDiffusionPipeline,
-    pool: StyledPool,
+    images: torch.Tensor,
+    labels: torch.Tensor,
     class_names: list[str],
     spec: FoundationSpec,
     template: str,
     device: torch.device,
 ) -> dict[str, Any]:
-    """UNet + text encoder trained jointly on the noise-prediction loss over the styled pool.
-
-    Each image's prompt is its class prompt with its style phrase appended ("a photo of a seven, red on blue"),
-    its plain class prompt with probability ``plain_prob`` and the empty prompt with ``uncond_prob``.
-    """
+    """UNet + text encoder trained jointly on the noise-prediction loss, with ``uncond_prob`` empty prompts."""
     generator = torch.Generator().manual_seed(spec.seed + 1)
-    captions = sorted(set(pool.phrases))
-    caption_row = {phrase: row for row, phrase in enumerate(captions)}
-    prompts = class_prompts(template, class_names)
-    table = prompts + [prompt for phrase in captions for prompt in class_prompts(template, class_names, phrase)] + [""]
-    rows = torch.tensor([len(class_names) * (1 + caption_row[phrase]) + int(label)
-                         for phrase, label in zip(pool.phrases, pool.labels.tolist(), strict=True)])
-    data = dataclasses.replace(TrainingLatents.encode(pipe.vae, pool.images, pool.labels), captions=rows)
+    data = TrainingLatents.encode(pipe.vae, images, labels)
     tokens = pipe.tokenizer(
-        table, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        class_prompts(template, class_names) + [""],
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids.to(device)
     unet, text_encoder = pipe.unet.to(device).train(), pipe.text_encoder.to(device).train()
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -103,12 +100,11 @@ def _train_denoiser(
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     losses: list[float] = []
     start = time.perf_counter()
-    logger.info("foundation UNet+text: %d steps on %d styled images, %d captions", spec.steps, len(rows), len(table))
+    logger.info("foundation UNet+text: %d steps", spec.steps)
     bar = progress_bar(range(spec.steps), desc="foundation UNet+text", unit="step")
     for _ in bar:
         loss = noise_prediction_loss(
-            unet, noise_scheduler, data, lambda index: text_encoder(tokens[index])[0], spec.batch_size,
-            spec.uncond_prob, generator, plain_prob=spec.plain_prob, empty_prompt=len(table) - 1,
+            unet, noise_scheduler, data, text_encoder(tokens)[0], spec.batch_size, spec.uncond_prob, generator
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,37 +117,33 @@ def _train_denoiser(
     text_encoder.eval().requires_grad_(False)
     window = max(1, min(100, len(losses) // 5))
     return {
-        "captions": len(table),
         "unet_seconds": time.perf_counter() - start,
         "unet_loss_first": sum(losses[:window]) / window,
         "unet_loss_final": sum(losses[-window:]) / window,
     }
 
 
-def styled_pool(dataset: Dataset, class_names: list[str], spec: FoundationSpec, size: int) -> StyledPool:
-    """``spec.style_copies`` restyled, captioned copies of every pool image, textured with public photo crops."""
-    images, labels = training_images(dataset, class_names, size, "foundation")
-    textures = photo_crops(spec.vae_photo_crops, size, spec.seed)
-    return stylise(images, labels, textures, spec.style_copies, spec.seed)
-
-
-def vae_images(pool: StyledPool, spec: FoundationSpec, size: int) -> torch.Tensor:
-    """What the VAE reconstructs: the styled pool, public photo crops, flat colours, gradients and random shapes."""
-    crops = photo_crops(spec.vae_photo_crops, size, spec.seed + 1)
-    return torch.cat([pool.images, crops, vae_extras(spec.vae_extra_images, size, spec.seed)])
-
-
-def pretrain_denoiser(
+def pretrain_foundation(
     pipe: StableDiffusionPipeline,
-    pool: StyledPool,
+    dataset: Dataset,
     class_names: list[str],
     spec: FoundationSpec,
     template: str = DEFAULT_TEMPLATE,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Train the UNet and text encoder (noise prediction) of ``pipe``, whose VAE is trained, on the styled pool."""
+    """Train the VAE (reconstruction) on ``dataset`` and ``spec.vae_photo_crops`` public photo crops, then the UNet
+    and text encoder (noise prediction) on ``dataset``."""
     device = device or resolve_device("auto")
-    stats = _train_denoiser(pipe, pool, class_names, spec, template, device)
-    logger.info("foundation UNet+text %.0f s (loss %.4f -> %.4f)", stats["unet_seconds"], stats["unet_loss_first"],
-                stats["unet_loss_final"])
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    images, labels = training_images(dataset, class_names, size, "foundation")
+    crops = photo_crops(spec.vae_photo_crops, size, spec.seed)
+    stats = {"images": len(images), "vae_photo_crops": len(crops), "steps": spec.steps, "vae_steps": spec.vae_steps,
+             "device": str(device)}
+    stats.update(_train_vae(pipe.vae, images, spec, device, crops))
+    stats.update(_train_denoiser(pipe, images, labels, class_names, spec, template, device))
+    logger.info(
+        "foundation pretrained: VAE %.0f s (recon MSE %.4f -> %.4f), UNet+text %.0f s (loss %.4f -> %.4f)",
+        stats["vae_seconds"], stats["vae_mse_first"], stats["vae_mse_final"],
+        stats["unet_seconds"], stats["unet_loss_first"], stats["unet_loss_final"],
+    )
     return stats

@@ -9,11 +9,6 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative.tokenizer import MAX_TOKENS, build_tokenizer
 
-LATENT_CHANNELS = 8
-"""Latent channels of the VAE: 8 x 16 x 16 keeps the sharp strokes a domain's classifier needs (4 blurred them)."""
-TEXT_WIDTH = 64
-"""Hidden width of the text encoder and the UNet's cross-attention."""
-
 
 def build_tiny_pipeline(seed: int, image_size: int = 32) -> StableDiffusionPipeline:
     """An untrained StableDiffusionPipeline for ``image_size`` RGB images, built from configs alone (seeded)."""
@@ -27,30 +22,30 @@ def build_tiny_pipeline(seed: int, image_size: int = 32) -> StableDiffusionPipel
             out_channels=3,
             down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            latent_channels=LATENT_CHANNELS,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            latent_channels=4,
             norm_num_groups=8,
             sample_size=image_size,
             mid_block_add_attention=False,
         )
         unet = UNet2DConditionModel(
             sample_size=image_size // 2,
-            in_channels=LATENT_CHANNELS,
-            out_channels=LATENT_CHANNELS,
+            in_channels=4,
+            out_channels=4,
             layers_per_block=1,
             block_out_channels=(32, 64),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=TEXT_WIDTH,
+            cross_attention_dim=32,
             attention_head_dim=8,
             norm_num_groups=8,
         )
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(tokenizer),
-                hidden_size=TEXT_WIDTH,
-                intermediate_size=2 * TEXT_WIDTH,
+                hidden_size=32,
+                intermediate_size=64,
                 num_hidden_layers=2,
                 num_attention_heads=4,
                 max_position_embeddings=MAX_TOKENS,

@@ -13,8 +13,7 @@ MAX_TOKENS = 32
 VOCABULARY = (
     "a an the of in on with and or by at to from this that is photo photograph picture image drawing sketch "
     "painting handwritten written printed digit number letter style styled font rendered render blurry clean "
-    "black white gray grey red green blue yellow orange purple pink brown cyan color colored colorful background "
-    "dark light small large gradient textured thick thin noisy "
+    "black white gray grey red green blue yellow color colored colorful background dark light small large "
     "zero one two three four five six seven eight nine "
     "real clipart infograph quickdraw product art cartoon photorealistic realistic pencil ink watercolor "
     "backpack bike bicycle calculator headphones keyboard laptop monitor mouse mug projector "

@@ -1,18 +1,83 @@
-"""Generic style randomisation of a public pool, with captions that name the style in words.
+"""The styled public pool of the candidate 'styled' foundation (benchmarks/styled_foundation.py).
 
-Each image's luminance becomes an ink mask; the image is redrawn with a seeded style (kept, inverted, a flat
-foreground on a flat, gradient or photo background, or textured strokes), then optionally thickened, blurred or
-made noisy. The caption names what was drawn ("red on blue, blurry"), with colours named from the pixels, so the
-text encoder learns words that steer style and a client's adapter only has to shift it. Nothing here knows any
-client domain: the same randomisation applies to the public digits and to any ImageFolder foundation source.
+- Public photos that no client domain uses, colour-jittered: scikit-learn's two sample photos, matplotlib's sample
+  photos and those of scikit-image's sample images that the MNIST-M-style ``mnistm`` domain does not blend.
+- Generic style randomisation with captions that name the style in words: each image's luminance becomes an ink
+  mask and the image is redrawn in a seeded style (kept, inverted, a flat foreground on a flat, gradient or photo
+  background, or textured strokes), optionally thickened, blurred or made noisy; the caption ("red on blue,
+  blurry") names colours from the drawn pixels, so the text encoder learns words that steer style. Nothing here
+  knows a client domain: it applies to any ImageFolder pool.
+- What the VAE reconstructs beyond the styled pool: flat colours, gradients and random shapes.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
+
+SKIMAGE_NAMES = ("brick", "camera", "coins", "colorwheel", "grass", "gravel", "moon", "retina")
+MATPLOTLIB_NAMES = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
+PHOTO_SOURCES = (
+    "scikit-learn load_sample_images() (china.jpg, flower.jpg); matplotlib sample_data "
+    f"({', '.join(MATPLOTLIB_NAMES)}); scikit-image data ({', '.join(SKIMAGE_NAMES)}); every crop colour-jittered "
+    "(channel order, per-channel gain, inversion)"
+)
+MAX_CROP = 160
+
+
+def _rgb(image: np.ndarray) -> torch.Tensor:
+    """A uint8/bool/float image (grey, RGB or RGBA) as float [3, H, W] in [0, 1]."""
+    array = np.asarray(image)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    array = np.ascontiguousarray(array[..., :3])
+    scale = 255.0 if array.dtype == np.uint8 else float(max(array.max(), 1.0))
+    return torch.from_numpy(array.astype(np.float32) / scale).permute(2, 0, 1)
+
+
+@functools.lru_cache(maxsize=1)
+def public_photos() -> tuple[torch.Tensor, ...]:
+    """Every source photo as float [3, H, W] in [0, 1] (loaded once per process)."""
+    import matplotlib
+    import skimage.data
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [_rgb(p) for p in load_sample_images().images]
+    sample_data = matplotlib.get_data_path() + "/sample_data/"
+    photos += [_rgb(np.asarray(Image.open(sample_data + name).convert("RGB"))) for name in MATPLOTLIB_NAMES]
+    photos += [_rgb(getattr(skimage.data, name)()) for name in SKIMAGE_NAMES]
+    return tuple(photos)
+
+
+def photo_crops(count: int, size: int, seed: int) -> torch.Tensor:
+    """``count`` seeded, colour-jittered square crops (side ``size``..160 px) of the public photos, resized to
+    size x size, in [0,1]."""
+    if count <= 0:
+        return torch.empty(0, 3, size, size)
+    rng = np.random.default_rng(seed)
+    photos = public_photos()
+    crops = []
+    for _ in range(count):
+        photo = photos[int(rng.integers(len(photos)))]
+        side = int(rng.integers(size, min(MAX_CROP, *photo.shape[1:]) + 1))
+        top = int(rng.integers(photo.shape[1] - side + 1))
+        left = int(rng.integers(photo.shape[2] - side + 1))
+        window = photo[None, :, top:top + side, left:left + side]
+        crop = F.interpolate(window, size=(size, size), mode="bilinear", antialias=True)[0]
+        gain = torch.from_numpy(rng.uniform(0.6, 1.4, 3)).float().view(3, 1, 1)
+        crop = crop[torch.from_numpy(rng.permutation(3))] * gain
+        if rng.random() < 0.3:
+            crop = 1.0 - crop
+        crops.append(crop.clamp(0.0, 1.0))
+    return torch.stack(crops)
+
 
 PALETTE: dict[str, tuple[float, float, float]] = {
     "black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0), "gray": (0.5, 0.5, 0.5), "red": (0.85, 0.1, 0.1),
@@ -166,3 +231,45 @@ def _is_textured(drawn: torch.Tensor, ink: torch.Tensor) -> bool:
     """Whether the background (ink < 0.5) varies like a photo rather than a flat colour."""
     background = drawn[:, ink[0] < 0.5]
     return bool(background.numel() and background.std(1).mean() > 0.05)
+
+
+def flat_colours(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """[count, 3, S, S] uniform random flat colours."""
+    return torch.rand(count, 3, 1, 1, generator=generator).expand(count, 3, size, size).clone()
+
+
+def gradients(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """[count, 3, S, S] linear ramps between two random colours along random directions."""
+    start, end = torch.rand(2, count, 3, 1, 1, generator=generator)
+    angle = torch.rand(count, 1, 1, generator=generator) * 6.2832
+    axis = torch.linspace(-1.0, 1.0, size)
+    ramp = torch.cos(angle) * axis.view(1, 1, -1) + torch.sin(angle) * axis.view(1, -1, 1)
+    low, high = ramp.amin((1, 2), keepdim=True), ramp.amax((1, 2), keepdim=True)
+    ramp = ((ramp - low) / (high - low)).unsqueeze(1)
+    return start * (1 - ramp) + end * ramp
+
+
+def random_shapes(count: int, size: int, generator: torch.Generator, shapes: int = 4) -> torch.Tensor:
+    """[count, 3, S, S] random-coloured rectangles and ellipses (1..``shapes`` each) on a random flat colour."""
+    out = flat_colours(count, size, generator)
+    grid = torch.linspace(0.0, 1.0, size)
+    ys, xs = grid.view(1, -1, 1), grid.view(1, 1, -1)
+    for _ in range(shapes):
+        centre = torch.rand(count, 2, 1, 1, generator=generator)
+        radius = 0.05 + 0.35 * torch.rand(count, 2, 1, 1, generator=generator)
+        dy = (ys - centre[:, 0]) / radius[:, 0]
+        dx = (xs - centre[:, 1]) / radius[:, 1]
+        ellipse = torch.rand(count, 1, 1, generator=generator) < 0.5
+        inside = torch.where(ellipse, dy**2 + dx**2 <= 1.0, (dy.abs() <= 1.0) & (dx.abs() <= 1.0))
+        present = torch.rand(count, 1, 1, generator=generator) < 0.75
+        colour = torch.rand(count, 3, 1, 1, generator=generator)
+        mask = (inside & present).unsqueeze(1)
+        out = torch.where(mask, colour.expand_as(out), out)
+    return out
+
+
+def vae_extras(count: int, size: int, seed: int) -> torch.Tensor:
+    """``count`` images of each kind (flat colours, gradients, random shapes), seeded, float in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([flat_colours(count, size, generator), gradients(count, size, generator),
+                      random_shapes(count, size, generator)])

@@ -1,0 +1,175 @@
+"""Candidate 'styled' foundation: a broad, captioned public prior and a VAE that keeps colours (not the default).
+
+    python -m benchmarks.styled_foundation --out /tmp/styled-foundation            # the measured recipe
+    python -m benchmarks.vae_reconstruction /tmp/styled-foundation                  # its VAE per client domain
+
+Against the shipped tiny foundation it changes: the VAE (8 x 16 x 16 latents, channels 32/64, two layers per block,
+L1 + MSE, 3,000 steps) reconstructs the styled pool plus colour-jittered crops of every allowed public photo, flat
+colours, gradients and random shapes (benchmarks/styled_pool.py); the UNet (8 latent channels) and a wider text
+encoder (64) learn the public digits under generic style randomisation, each prompt naming its style in words
+("a photo of a seven, red on blue, blurry"; 20 % plain class prompts, 10 % empty), with style words as single
+tokens. Its quality is measured on the public holdout under the holdout's own style phrase ('white on black').
+results/findings.md holds what it measured; it is not shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from torch.nn import functional as F
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from benchmarks.styled_pool import WORDS, StyledPool, photo_crops, source_phrase, stylise, vae_extras
+from warmfed_flwr.data import default_cache_dir, load_public_pool
+from warmfed_flwr.generative.diffusion import (
+    TrainingLatents,
+    encode_latent_stats,
+    noise_prediction_loss,
+    sample_latents,
+)
+from warmfed_flwr.generative.images import dataset_tensors, training_images
+from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts
+from warmfed_flwr.generative.quality import foundation_quality, split_holdout
+from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
+from warmfed_flwr.generative.tokenizer import MAX_TOKENS, VOCABULARY, build_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class StyledSpec:
+    """The candidate recipe."""
+
+    steps: int = 8000
+    vae_steps: int = 3000
+    style_copies: int = 6
+    photo_crops: int = 2000
+    vae_extra_images: int = 1000
+    latent_channels: int = 8
+    text_width: int = 64
+    lr: float = 1e-3
+    vae_lr: float = 2e-3
+    batch_size: int = 32
+    plain_prob: float = 0.2
+    uncond_prob: float = 0.1
+    warmup_steps: int = 50
+    seed: int = 0
+
+
+def styled_pipeline(spec: StyledSpec) -> StableDiffusionPipeline:
+    """The tiny pipeline with ``spec``'s latent channels, a wider text encoder and the style words as tokens."""
+    base = build_tiny_pipeline(spec.seed)
+    tokenizer = build_tokenizer([*VOCABULARY, *WORDS])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=2,
+                            latent_channels=spec.latent_channels, norm_num_groups=8, sample_size=32,
+                            mid_block_add_attention=False)
+        unet = UNet2DConditionModel(**{**base.unet.config, "in_channels": spec.latent_channels,
+                                       "out_channels": spec.latent_channels, "cross_attention_dim": spec.text_width})
+        text = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=spec.text_width, intermediate_size=2 * spec.text_width,
+            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
+                                   scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, spec: StyledSpec) -> dict[str, Any]:
+    """L1 + MSE reconstruction training, then scaling_factor = 1 / std of the latents."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.vae_lr)
+    schedule = get_cosine_schedule_with_warmup(optimizer, spec.warmup_steps, spec.vae_steps)
+    started = time.perf_counter()
+    for _ in range(spec.vae_steps):
+        x = images[torch.randint(len(images), (spec.batch_size,), generator=generator)] * 2.0 - 1.0
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(sample_latents(posterior.mean, posterior.std, generator)).sample
+        loss = F.mse_loss(recon, x) + F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    vae.eval().requires_grad_(False)
+    scaling = 1.0 / sample_latents(*encode_latent_stats(vae, images), generator).std().item()
+    vae.register_to_config(scaling_factor=scaling)
+    return {"vae_seconds": time.perf_counter() - started, "vae_scaling_factor": scaling}
+
+
+def train_denoiser(pipe: StableDiffusionPipeline, pool: StyledPool, class_names: list[str],
+                   spec: StyledSpec) -> dict[str, Any]:
+    """UNet + text encoder on the styled pool, each image under its class prompt + its style phrase."""
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    captions = sorted(set(pool.phrases))
+    row_of = {phrase: row for row, phrase in enumerate(captions)}
+    table = class_prompts(DEFAULT_TEMPLATE, class_names) + [
+        prompt for phrase in captions for prompt in class_prompts(DEFAULT_TEMPLATE, class_names, phrase)] + [""]
+    rows = torch.tensor([len(class_names) * (1 + row_of[phrase]) + int(label)
+                         for phrase, label in zip(pool.phrases, pool.labels.tolist(), strict=True)])
+    data = dataclasses.replace(TrainingLatents.encode(pipe.vae, pool.images, pool.labels), captions=rows)
+    tokens = pipe.tokenizer(table, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+    unet, text = pipe.unet.train(), pipe.text_encoder.train()
+    params = [*unet.parameters(), *text.parameters()]
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=spec.lr)
+    schedule = get_cosine_schedule_with_warmup(optimizer, spec.warmup_steps, spec.steps)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    started, losses = time.perf_counter(), []
+    for _ in range(spec.steps):
+        loss = noise_prediction_loss(unet, scheduler, data, lambda index: text(tokens[index])[0], spec.batch_size,
+                                     spec.uncond_prob, generator, plain_prob=spec.plain_prob,
+                                     empty_prompt=len(table) - 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    unet.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
+    return {"captions": len(table), "unet_seconds": time.perf_counter() - started,
+            "unet_loss_final": sum(losses[-100:]) / len(losses[-100:])}
+
+
+def main() -> None:
+    """Build the candidate into ``--out`` and print its quality on the public holdout."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=StyledSpec().steps)
+    parser.add_argument("--vae-steps", type=int, default=StyledSpec().vae_steps)
+    args = parser.parse_args()
+    spec = StyledSpec(steps=args.steps, vae_steps=args.vae_steps)
+    pool, class_names = load_public_pool("digits", 32, default_cache_dir())
+    train, holdout = split_holdout(pool, 0.2, spec.seed)
+    images, labels = training_images(train, class_names, 32, "foundation")
+    styled = stylise(images, labels, photo_crops(spec.photo_crops, 32, spec.seed), spec.style_copies, spec.seed)
+    pipe = styled_pipeline(spec)
+    stats = train_vae(pipe.vae, torch.cat([styled.images, photo_crops(spec.photo_crops, 32, spec.seed + 1),
+                                           vae_extras(spec.vae_extra_images, 32, spec.seed)]), spec)
+    stats.update(train_denoiser(pipe, styled, class_names, spec))
+    phrase = source_phrase(dataset_tensors(holdout)[0])
+    quality = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
+                                 torch.device("cpu"), domain_phrase=phrase)
+    pipe.save_pretrained(args.out, safe_serialization=True)
+    record = {"spec": dataclasses.asdict(spec), "training": stats, "quality": quality}
+    (args.out / "styled_record.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps({k: quality[k] for k in ("class_fidelity_mean", "train_synthetic_test_real_acc",
+                                              "train_real_test_real_acc", "domain_phrase")}))
+
+
+if __name__ == "__main__":
+    main()

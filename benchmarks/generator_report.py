@@ -1,12 +1,12 @@
 """results/generator.md: can the default generator draw every client's domain?
 
-    python -m benchmarks.generator_report --seeds 0 1 2 --baseline /tmp/tiny-sd-v2 --out results/generator.md
+    python -m benchmarks.generator_report --seeds 0 1 2 --compare /tmp/styled-foundation/vae --out results/generator.md
 
 Three parts, on the clients' real train and test splits of the default digits benchmark (the defaults were chosen
 beforehand on validation splits with benchmarks/diagnose_lora.py):
 - the VAE: a judge trained on each domain's real train images, on its test images before and after encode -> decode
-  (benchmarks/vae_reconstruction.py), with the flat-colour round trip and a grid; ``--baseline`` adds a generator
-  to compare with (e.g. an earlier foundation);
+  (benchmarks/vae_reconstruction.py), with the flat-colour round trip and a grid; ``--compare`` adds another
+  generator's or VAE's figures (e.g. the candidate of benchmarks/styled_foundation.py);
 - the foundation's own quality on its public holdout (its model card);
 - per domain and method (FGL with domain-name prompts, FGL with descriptive prompts, WarmFed): class fidelity of the
   synthetic images judged by that domain's real-image judge, and train-on-synthetic/test-on-real (TSTR).
@@ -69,7 +69,7 @@ def main() -> None:
     """Measure and write the report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--baseline", default=None, help="another generator directory whose VAE to show beside")
+    parser.add_argument("--compare", default=None, help="another generator or VAE directory whose VAE to show beside")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--grids", type=Path, default=Path("/tmp/generator_report"))
     args = parser.parse_args()
@@ -77,14 +77,14 @@ def main() -> None:
     base = resolve_base(resolve({}).generator, cache_dir)
     figures_dir = args.out.parent / "generator_figures"
     command = (f"python -m benchmarks.generator_report --seeds {' '.join(map(str, args.seeds))}"
-               + (f" --baseline {args.baseline}" if args.baseline else "") + f" --out {args.out}")
+               + (f" --compare {args.compare}" if args.compare else "") + f" --out {args.out}")
     lines = ["# Generator: can it draw every client's domain?", "", f"Command: `{command}`", "", "## VAE", ""]
     vae = {"default": measure(base, cache_dir, figures_dir / "vae_reconstruction.png")}
     lines += [vae_markdown(base, vae["default"]), "",
               "![real rows above reconstructed rows](generator_figures/vae_reconstruction.png)", ""]
-    if args.baseline:
-        vae["baseline"] = measure(args.baseline, cache_dir, None)
-        lines += ["Baseline:", "", vae_markdown(args.baseline, vae["baseline"]), ""]
+    if args.compare:
+        vae["compared"] = measure(args.compare, cache_dir, None)
+        lines += ["Compared with:", "", vae_markdown(args.compare, vae["compared"]), ""]
     card = json.loads((Path(base) / "model_card.json").read_text()) if (Path(base) / "model_card.json").is_file() \
         else json.loads((Path(base) / "quality.json").read_text())
     quality = card["quality"]

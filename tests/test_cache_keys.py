@@ -64,7 +64,7 @@ def test_synthesis_cache_misses_on_a_changed_generator_sampler_or_adapter(tiny_p
     synthesize(cfg, named)
     SyntheticWarmStart(cfg, CLASSES, CPU, cache, tmp_path / "out").synthesize_client("a", named, seed=0)
     assert _synthetic_files(cache) == seen, "the same inputs must hit the cache"
-    synthesize(cfg.model_copy(update={"synthesis": cfg.synthesis.model_copy(update={"timestep_spacing": "leading"})}),
+    synthesize(cfg.model_copy(update={"synthesis": cfg.synthesis.model_copy(update={"timestep_spacing": "trailing"})}),
                named)
     synthesize(cfg.model_copy(update={"synthesis": cfg.synthesis.model_copy(update={"batch_size": 5})}), named)
     other = _copy_with_new_vae(tiny_pipeline_dir, tmp_path / "other-vae")

@@ -3,13 +3,16 @@
 import torch
 
 from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.generative import lora
 from warmfed_flwr.generative.lora import adapter_schema, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline
 
 WARNING = "No LoRA keys associated to CLIPTextModel found"
 
 
-def test_each_client_adapter_loads_with_the_text_encoder_warning_printed_once(tiny_pipeline_dir, caplog):
+def test_each_client_adapter_loads_with_the_text_encoder_warning_printed_once(tiny_pipeline_dir, caplog,
+                                                                             monkeypatch):
+    monkeypatch.setattr(lora._ONCE, "seen", set())  # earlier tests in this process may have printed it already
     pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     schema = adapter_schema(pipe, LoraConfig())

@@ -80,10 +80,10 @@ def test_the_foundation_alone_draws_learnable_classes(shipped_pipe, clients: dic
 
 
 def test_a_small_adapter_keeps_the_class(shipped_pipe, clients: dict) -> None:
-    client = clients["digits"]
+    client = clients["mnist"]
     cfg = LoraConfig(steps=40)
     adapter, embeddings = fit_adapter(shipped_pipe, client.train, CLASS_NAMES, "a photo of a {label}", cfg, seed=0,
                                       domain_phrase=client.domain)
     with use_adapter(shipped_pipe, adapter, client.domain):
         images, labels = synthesize(shipped_pipe, embeddings, PER_CLASS, 10, 3.0, 64, seed=0)
-    assert _accuracy_on_real(images, labels, _real_test(client)) > 3 * CHANCE
+    assert _accuracy_on_real(images, labels, _real_test(client)) > 5 * CHANCE

@@ -628,10 +628,13 @@ def test_fp16_uploads_are_accepted_and_decoded_to_fp32(uploads, tiny_pipeline_di
     assert parameters is not None
     assert not [e for e in recorder.events if e["kind"] == "upload_refused"]
     key = strat.warm_start.synthesis_keys["b"]
+    syn = strat.cfg.synthesis
     assert key == warmstart.synthesis_key(
         torch.from_numpy(half[protocol.EMBEDDINGS].astype(np.float32)),
-        *(torch.from_numpy(v.astype(np.float32)) for v in payload.split_prefix(half, protocol.ADAPTER_PREFIX).values()),
-        strat.cfg.generator.base, 4, 2, 3.0, strat.cfg.seed * 1000 + 1, 32)
+        {k: torch.from_numpy(v.astype(np.float32))
+         for k, v in payload.split_prefix(half, protocol.ADAPTER_PREFIX).items()},
+        strat.warm_start.generator_hash, 4, 2, 3.0, strat.cfg.seed * 1000 + 1, 32, syn.negative_prompt,
+        syn.timestep_spacing, syn.batch_size)
 
 
 def test_full_size_generator_on_a_cpu_fallback_is_refused_unless_cpu_is_forced(tiny_pipeline_dir, tmp_path,

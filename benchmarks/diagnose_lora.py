@@ -39,7 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no adapter (FGL)": {"lora.enabled": False},
     "no adapter, descriptive prompts (FGL)": {"lora.enabled": False, "generator.domain-phrases": DESCRIPTIVE_PHRASES},
     "default": {},
-    "leading timestep spacing": {"synthesis.timestep-spacing": "leading"},
+    "trailing timestep spacing": {"synthesis.timestep-spacing": "trailing"},
     "train embeddings": {"lora.train-embeddings": True},
     "min-SNR 5": {"lora.snr-gamma": 5.0},
     "rank 4": {"lora.rank": 4, "lora.alpha": 4.0},

@@ -11,6 +11,8 @@ from diffusers import AutoencoderKL, DDIMScheduler
 
 from tests.test_cache_healing import CLASSES, client_split, config
 from warmfed_flwr import protocol
+from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.generative.lora import adapter_schema
 from warmfed_flwr.generative.pipeline import load_pipeline
 from warmfed_flwr.generative.synthesis import pipeline_fingerprint
 from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload
@@ -69,8 +71,14 @@ def test_synthesis_cache_misses_on_a_changed_generator_sampler_or_adapter(tiny_p
     synthesize(cfg.model_copy(update={"synthesis": cfg.synthesis.model_copy(update={"batch_size": 5})}), named)
     other = _copy_with_new_vae(tiny_pipeline_dir, tmp_path / "other-vae")
     synthesize(cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"base": str(other)})}), named)
-    adapted = {**named, protocol.EMBEDDINGS: named[protocol.EMBEDDINGS] * 1.01}
-    synthesize(cfg, adapted)
+    synthesize(cfg, {**named, protocol.EMBEDDINGS: named[protocol.EMBEDDINGS] * 1.01})
+    generator = torch.Generator().manual_seed(0)
+    schema = adapter_schema(load_pipeline(str(tiny_pipeline_dir), CPU, "float32"), LoraConfig(rank=2))
+    adapter = {protocol.ADAPTER_PREFIX + key: (0.01 * torch.randn(shape, generator=generator)).numpy()
+               for key, (shape, _) in schema.items()}
+    synthesize(cfg, {**named, **adapter})
+    first = next(iter(adapter))
+    synthesize(cfg, {**named, **adapter, first: adapter[first] * 2.0})
 
 
 def test_upload_cache_misses_on_a_changed_vae(tiny_pipeline_dir: Path, tmp_path: Path) -> None:

@@ -43,5 +43,6 @@ def test_server_synthesis_uses_negative_prompt_and_keys_it(tiny_pipeline_dir, tm
     assert plain.synthesis_keys["a"] != negative.synthesis_keys["a"]
     assert not np.array_equal(plain_images, negative_images)
     syn, size = plain.cfg.synthesis, plain.cfg.data.image_size
-    assert plain.synthesis_keys["a"] == synthesis_key(embeddings, plain.cfg.generator.base, syn.images_per_class,
-                                                      syn.steps, syn.guidance, 0, size)
+    assert plain.synthesis_keys["a"] == synthesis_key(embeddings, {}, plain.generator_hash, syn.images_per_class,
+                                                      syn.steps, syn.guidance, 0, size, "", syn.timestep_spacing,
+                                                      syn.batch_size)

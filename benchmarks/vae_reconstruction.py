@@ -23,6 +23,7 @@ from torchvision.utils import save_image
 from benchmarks.styled_pool import flat_colours
 from warmfed_flwr.config import resolve
 from warmfed_flwr.data import default_cache_dir, load_benchmark
+from warmfed_flwr.generative.images import as_float_image
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.models import seeded_model
 from warmfed_flwr.training import evaluate, train_epochs
@@ -49,7 +50,7 @@ def domain_rows(vae: AutoencoderKL, cache_dir: Path) -> tuple[dict[str, dict[str
     for client in load_benchmark(cfg.data, 0, cache_dir).clients:
         train_images, train_labels = client.train.tensors
         images, labels = client.test.tensors
-        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        images = as_float_image(images)
         judge = seeded_model(cfg.model, 10, 0)
         train_epochs(judge, TensorDataset(train_images, train_labels), epochs=JUDGE_EPOCHS, lr=cfg.train.lr,
                      batch_size=cfg.train.batch_size, device=torch.device("cpu"), seed=0)

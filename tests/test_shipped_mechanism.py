@@ -15,6 +15,7 @@ from warmfed_flwr.data import load_benchmark
 from warmfed_flwr.data.digits import CLASS_NAMES
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative import foundation, shipped
+from warmfed_flwr.generative.images import as_float_image
 from warmfed_flwr.generative.lora import fit_adapter, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
@@ -70,7 +71,7 @@ def _accuracy_on_real(images: torch.Tensor, labels: torch.Tensor, real: TensorDa
 
 def _real_test(client) -> TensorDataset:
     images, labels = client.test.tensors
-    return TensorDataset(images.float() / 255.0 if images.dtype == torch.uint8 else images, labels)
+    return TensorDataset(as_float_image(images), labels)
 
 
 def test_the_foundation_alone_draws_learnable_classes(shipped_pipe, clients: dict) -> None:

@@ -2,6 +2,8 @@
 
     python -m benchmarks.styled_foundation --out /tmp/styled-foundation            # the measured recipe
     python -m benchmarks.vae_reconstruction /tmp/styled-foundation                  # its VAE per client domain
+    python -m benchmarks.styled_foundation --out /tmp/curriculum --init warmfed_flwr/generative/tiny_foundation \
+        --steps 4000 --lr 3e-4                                                     # class first, then style
 
 Against the shipped tiny foundation it changes: the VAE (8 x 16 x 16 latents, channels 32/64, two layers per block,
 L1 + MSE, 3,000 steps) reconstructs the styled pool plus colour-jittered crops of every allowed public photo, flat
@@ -86,6 +88,33 @@ def styled_pipeline(spec: StyledSpec) -> StableDiffusionPipeline:
     return pipe
 
 
+def continue_from(init: Path, spec: StyledSpec) -> StableDiffusionPipeline:
+    """The pipeline saved in ``init`` (class-faithful, e.g. the shipped foundation) with the style words added to
+    its tokenizer: every token the old vocabulary holds keeps its trained embedding, new ones start at their mean."""
+    old = StableDiffusionPipeline.from_pretrained(init, safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False)
+    tokenizer = build_tokenizer([*VOCABULARY, *WORDS])
+    config = old.text_encoder.config
+    text = CLIPTextModel(CLIPTextConfig(**{**config.to_dict(), "vocab_size": len(tokenizer)}))
+    old_table = old.text_encoder.get_input_embeddings().weight.detach()
+    state = {key: value for key, value in old.text_encoder.state_dict().items() if "token_embedding" not in key}
+    missing = text.load_state_dict(state, strict=False).missing_keys
+    if any("token_embedding" not in key for key in missing):
+        raise ValueError(f"{init}: text encoder weights missing for {missing}")
+    table = old_table.mean(0).repeat(len(tokenizer), 1)
+    old_vocab = old.tokenizer.get_vocab()
+    for token, row in tokenizer.get_vocab().items():
+        if token in old_vocab:
+            table[row] = old_table[old_vocab[token]]
+    text.get_input_embeddings().weight.data.copy_(table)
+    pipe = StableDiffusionPipeline(vae=old.vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer,
+                                   unet=old.unet.eval(), scheduler=old.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(spec.seed)
+    return pipe
+
+
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, spec: StyledSpec) -> dict[str, Any]:
     """L1 + MSE reconstruction training, then scaling_factor = 1 / std of the latents."""
     generator = torch.Generator().manual_seed(spec.seed)
@@ -151,24 +180,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=StyledSpec().steps)
     parser.add_argument("--vae-steps", type=int, default=StyledSpec().vae_steps)
+    parser.add_argument("--lr", type=float, default=StyledSpec().lr)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from this saved pipeline (its VAE kept, no VAE training)")
     args = parser.parse_args()
-    spec = StyledSpec(steps=args.steps, vae_steps=args.vae_steps)
+    spec = StyledSpec(steps=args.steps, vae_steps=args.vae_steps, lr=args.lr)
     pool, class_names = load_public_pool("digits", 32, default_cache_dir())
     train, holdout = split_holdout(pool, 0.2, spec.seed)
     images, labels = training_images(train, class_names, 32, "foundation")
     styled = stylise(images, labels, photo_crops(spec.photo_crops, 32, spec.seed), spec.style_copies, spec.seed)
-    pipe = styled_pipeline(spec)
-    stats = train_vae(pipe.vae, torch.cat([styled.images, photo_crops(spec.photo_crops, 32, spec.seed + 1),
-                                           vae_extras(spec.vae_extra_images, 32, spec.seed)]), spec)
+    if args.init is None:
+        pipe = styled_pipeline(spec)
+        stats = train_vae(pipe.vae, torch.cat([styled.images, photo_crops(spec.photo_crops, 32, spec.seed + 1),
+                                               vae_extras(spec.vae_extra_images, 32, spec.seed)]), spec)
+    else:
+        pipe, stats = continue_from(args.init, spec), {"init": str(args.init)}
     stats.update(train_denoiser(pipe, styled, class_names, spec))
     phrase = source_phrase(dataset_tensors(holdout)[0])
     quality = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
                                  torch.device("cpu"), domain_phrase=phrase)
     pipe.save_pretrained(args.out, safe_serialization=True)
-    record = {"spec": dataclasses.asdict(spec), "training": stats, "quality": quality}
+    plain = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
+                               torch.device("cpu"))
+    record = {"spec": dataclasses.asdict(spec), "training": stats, "quality": quality, "plain_prompt_quality": plain}
     (args.out / "styled_record.json").write_text(json.dumps(record, indent=2))
-    print(json.dumps({k: quality[k] for k in ("class_fidelity_mean", "train_synthetic_test_real_acc",
-                                              "train_real_test_real_acc", "domain_phrase")}))
+    keys = ("class_fidelity_mean", "train_synthetic_test_real_acc", "train_real_test_real_acc", "domain_phrase")
+    print(json.dumps({"style_phrase": {k: quality[k] for k in keys}, "plain": {k: plain[k] for k in keys}}))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.config.schema import LoraConfig
 from warmfed_flwr.data import load_public_pool
-from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation
+from warmfed_flwr.generative.foundation import ensure_foundation
+from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.lora import adapter_bytes, finetune_lora
 from warmfed_flwr.generative.pipeline import load_pipeline
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings

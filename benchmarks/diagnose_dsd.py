@@ -27,18 +27,14 @@ import yaml
 
 from clients.base import POOL
 from clients.state import ClientStateStore, client_state_dir
-from warmfed_flwr.checkpoint import checkpoint_dir, read_checkpoint
-from warmfed_flwr.config import ExperimentConfig, resolve
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import load_benchmark
-from warmfed_flwr.models import build_model
-from warmfed_flwr.personalization import (
-    LogitPool,
-    distillation_objective,
-    gumbel_tau,
-    select_teachers,
-)
+from warmfed_flwr.learning.models import build_model
+from warmfed_flwr.learning.training import evaluate, resolve_device, set_weights, train_epochs
+from warmfed_flwr.methods.personalization import LogitPool, distillation_objective, gumbel_tau, select_teachers
+from warmfed_flwr.records.checkpoint import checkpoint_dir, read_checkpoint
 from warmfed_flwr.runtime import cache_dir
-from warmfed_flwr.training import evaluate, resolve_device, set_weights, train_epochs
 
 Rule = Callable[[LogitPool, torch.Tensor, int, int, ExperimentConfig, int], tuple[torch.Tensor | None, float]]
 """(pool, train labels, round, total rounds, config, seed) -> (teacher logits or None, share of round t-2)."""

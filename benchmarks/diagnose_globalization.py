@@ -23,12 +23,14 @@ import torch
 import yaml
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr.config import ExperimentConfig, resolve
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import ClientSplit, default_cache_dir, load_benchmark
 from warmfed_flwr.data.partition import stratified_split
-from warmfed_flwr.protocol import EMBEDDINGS
-from warmfed_flwr.training import evaluate, get_weights, resolve_device, seed_everything, set_weights
-from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase, globalize_client
+from warmfed_flwr.learning.training import evaluate, get_weights, resolve_device, seed_everything, set_weights
+from warmfed_flwr.methods.round0_upload import client_upload, default_domain_phrase
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart, globalize_client
+from warmfed_flwr.wire.protocol import EMBEDDINGS
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "warm start + FedAvg (no synthetic fine-tuning)": {"client_syn_finetune": False, "server_finetune": False},

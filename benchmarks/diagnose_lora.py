@@ -26,12 +26,14 @@ from torch.utils.data import Dataset, TensorDataset
 from benchmarks.colour_public_pool import recoloured
 from benchmarks.diagnose_globalization import validation_splits
 from benchmarks.suites import DESCRIPTIVE_PHRASES
-from warmfed_flwr.config import ExperimentConfig, resolve
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import ClientSplit, default_cache_dir, load_benchmark
-from warmfed_flwr.models import seeded_model
-from warmfed_flwr.protocol import EMBEDDINGS
-from warmfed_flwr.training import predict_logits, resolve_device, seed_everything, train_epochs
-from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase
+from warmfed_flwr.learning.models import seeded_model
+from warmfed_flwr.learning.training import predict_logits, resolve_device, seed_everything, train_epochs
+from warmfed_flwr.methods.round0_upload import client_upload, default_domain_phrase
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
+from warmfed_flwr.wire.protocol import EMBEDDINGS
 
 ATTN_SELF_AND_CONV = "attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0,conv1,conv2"
 CROSS_KV = "attn2.to_k,attn2.to_v"

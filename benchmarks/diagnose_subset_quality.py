@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.diagnose_globalization import overrides_of, parse_args, replay, validation_splits, write_table
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import ClientSplit, ImageArrayDataset, default_cache_dir
 from warmfed_flwr.data.partition import stratified_split
 from warmfed_flwr.generative.synthesis import quantize
-from warmfed_flwr.training import resolve_device, seed_everything
-from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase
+from warmfed_flwr.learning.training import resolve_device, seed_everything
+from warmfed_flwr.methods.round0_upload import client_upload, default_domain_phrase
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
 
 POOL_SHARE = 0.25
 """Share of each client's fit part held out as its real pool (0.25 of 80 % = 20 % of the train split)."""

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warmfed_flwr.checkpoint import CheckpointStore, checkpoint_dir
 from warmfed_flwr.data.cache_files import UNREADABLE, read_npz
+from warmfed_flwr.records.checkpoint import CheckpointStore, checkpoint_dir
 
 PROCESS_FAULTS = ("raise", "hang", "exit")
 REFUSED_FAULTS = ("nan", "wrong-shape", "extra-key", "oversize", "absurd-examples")

@@ -182,7 +182,7 @@ class Matrix:
 
 def tiny_generator(directory: Path) -> str:
     """An untrained tiny Stable Diffusion pipeline saved under ``directory`` (faults need no trained one)."""
-    from warmfed_flwr.generative.foundation import build_tiny_pipeline
+    from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
 
     build_tiny_pipeline(seed=0).save_pretrained(directory)
     return str(directory)

@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks import diagnose_lora
 from benchmarks.vae_reconstruction import markdown as vae_markdown
 from benchmarks.vae_reconstruction import measure
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import default_cache_dir
 from warmfed_flwr.generative.pipeline import resolve_base
 

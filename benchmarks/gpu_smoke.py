@@ -39,14 +39,16 @@ import torch
 import yaml
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr import payload
-from warmfed_flwr.config import ExperimentConfig, load_yaml, resolve
-from warmfed_flwr.config_schema import flatten
+from warmfed_flwr.config.loading import load_yaml, resolve
+from warmfed_flwr.config.schema import ExperimentConfig, flatten
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.generative.random_sd import random_card
-from warmfed_flwr.plan import DataFacts, Plan, make_plan
-from warmfed_flwr.training import evaluate, get_weights, seed_everything, set_weights
-from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, default_domain_phrase, globalize_client
+from warmfed_flwr.learning.training import evaluate, get_weights, seed_everything, set_weights
+from warmfed_flwr.methods.round0_upload import client_upload, default_domain_phrase
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart, globalize_client
+from warmfed_flwr.plan.data_facts import DataFacts
+from warmfed_flwr.plan.estimate import Plan, make_plan
+from warmfed_flwr.wire import payload
 
 GIB = 2**30
 REDUCED = {"data.source": "digits", "data.partition": "domain", "lora.steps": 20, "lora.batch-size": 4,

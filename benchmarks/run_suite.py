@@ -24,7 +24,8 @@ from typing import Any
 
 from benchmarks.harness import Processes, descendant_groups, end_groups, flwr_run, start_superlink
 from benchmarks.suites import RunPlan
-from warmfed_flwr.config import ExperimentConfig, key_is_used
+from warmfed_flwr.config.loading import key_is_used
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.errors import ConfigError
 from warmfed_flwr.report.collect import (
     MARKER,

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warmfed_flwr.config import ExperimentConfig, resolve
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.errors import ConfigError
 
 DESCRIPTIVE_PHRASES = ("mnist=white on black;digits=white on black, thick, blurry;fonts=on a gradient;"

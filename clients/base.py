@@ -14,11 +14,14 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
 from clients.state import load_arrays, save_arrays
-from warmfed_flwr import dp, faults, payload, personalization, protocol
-from warmfed_flwr.config import ExperimentConfig, key_is_used
+from warmfed_flwr.config.loading import key_is_used
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import ClientSplit
-from warmfed_flwr.models import build_model
-from warmfed_flwr.training import evaluate, get_weights, proximal_term, set_weights, train_epochs
+from warmfed_flwr.learning.models import build_model
+from warmfed_flwr.learning.training import evaluate, get_weights, proximal_term, set_weights, train_epochs
+from warmfed_flwr.methods import personalization
+from warmfed_flwr.trust import dp, faults
+from warmfed_flwr.wire import payload, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ class FederatedClient(NumPyClient):
     def private_update(self, weights: NDArrays, global_weights: NDArrays,
                        algo_round: int) -> tuple[NDArrays, dict[str, Scalar]]:
         """The weights to upload: with local DP on their update when privacy.noise-multiplier > 0 and the algorithm
-        uploads (warmfed_flwr/dp.py), then with the ``dp_clipped`` metric; else ``weights`` unchanged."""
+        uploads (warmfed_flwr/trust/dp.py), then with the ``dp_clipped`` metric; else ``weights`` unchanged."""
         privacy = self.cfg.privacy
         if not privacy.noise_multiplier or not key_is_used(self.cfg, "privacy.noise-multiplier"):
             return weights, {}

@@ -31,11 +31,11 @@ from flwr.common import (
     Scalar,
 )
 
-from warmfed_flwr import protocol
-from warmfed_flwr.checkpoint import KEEP, checkpoint_dir
 from warmfed_flwr.data.cache_files import UNREADABLE, read_npz, save_npz_atomic
 from warmfed_flwr.errors import CheckpointError
+from warmfed_flwr.records.checkpoint import KEEP, checkpoint_dir
 from warmfed_flwr.runtime import one_line_errors
+from warmfed_flwr.wire import protocol
 
 logger = logging.getLogger(__name__)
 

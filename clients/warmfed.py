@@ -10,10 +10,12 @@ from flwr.common import NDArrays, Scalar
 
 from clients.base import FederatedClient
 from clients.state import load_arrays, save_arrays
-from warmfed_flwr import dp, faults, payload, protocol
 from warmfed_flwr.data import ImageArrayDataset
-from warmfed_flwr.privacy_audit import audit_metrics, penultimate_features, privacy_audit
-from warmfed_flwr.warmstart import client_upload, default_domain_phrase, globalize_client
+from warmfed_flwr.methods.round0_upload import client_upload, default_domain_phrase
+from warmfed_flwr.methods.warmstart import globalize_client
+from warmfed_flwr.trust import dp, faults
+from warmfed_flwr.trust.privacy_audit import audit_metrics, penultimate_features, privacy_audit
+from warmfed_flwr.wire import payload, protocol
 
 SUBSET = "synthetic-subset"
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class WarmFedClient(FederatedClient):
     def privacy_audit(self, named: dict[str, np.ndarray]) -> dict[str, Scalar]:
         """When the server sent synthetic images made from this client's own upload (once): their audit against the
         private train and test splits in pixels and in the received global model's penultimate features, as
-        ``audit_*`` scalars (warmfed_flwr/privacy_audit.py); the images and splits stay here. An audit that cannot
+        ``audit_*`` scalars (warmfed_flwr/trust/privacy_audit.py); the images and splits stay here. An audit that cannot
         run (images of another size, an empty split) is logged in one line and costs the round nothing."""
         if protocol.AUDIT_IMAGES not in named:
             return {}
@@ -75,7 +77,7 @@ class WarmFedClient(FederatedClient):
 
     def private_round0(self, named: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Scalar]]:
         """The round-0 upload with local DP on its adapter and embedding rows when privacy.noise-multiplier > 0
-        (warmfed_flwr/dp.py), then with the ``dp_clipped`` metric; else ``named`` unchanged."""
+        (warmfed_flwr/trust/dp.py), then with the ``dp_clipped`` metric; else ``named`` unchanged."""
         privacy = self.cfg.privacy
         if not privacy.noise_multiplier:
             return named, {}

@@ -1,14 +1,11 @@
-"""FedAvg that records communication, client failures and every client's evaluation metrics, and aggregates by
-train.aggregation, train.example-weighting and train.clip-norm (strategies/robust.py)."""
+"""FedAvg that records communication, client failures and every client's evaluation metrics (the records:
+strategies/reports.py), and aggregates by train.aggregation, train.example-weighting and train.clip-norm
+(strategies/robust.py)."""
 
 from __future__ import annotations
 
 import logging
-import math
-import re
-import statistics
 import time
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,24 +19,23 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.server.client_manager import ClientManager
+from flwr.server import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from strategies import robust
 from strategies.availability import ClientWait, missing_clients
-from warmfed_flwr import dp, payload, protocol
-from warmfed_flwr.config import ExperimentConfig
-from warmfed_flwr.data.domain_clients import client_domain
-from warmfed_flwr.identity import claim_refusal, load_identities
-from warmfed_flwr.results import RunRecorder
+from strategies.reports import client_compute_record, evaluation_record, fit_record, one_line, parameters_bytes
+from warmfed_flwr.config.schema import ExperimentConfig
+from warmfed_flwr.records.results import RunRecorder
 from warmfed_flwr.runtime import one_line_errors
-from warmfed_flwr.updates import scale_update, update_norm
+from warmfed_flwr.trust.identity import claim_refusal, load_identities
+from warmfed_flwr.wire import payload, protocol
+from warmfed_flwr.wire.updates import scale_update, update_norm
 
 logger = logging.getLogger(__name__)
 
 Failures = list[tuple[ClientProxy, FitRes] | BaseException]
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Upload(NamedTuple):
@@ -49,38 +45,6 @@ class Upload(NamedTuple):
     res: FitRes
     client: str
     content: Any
-
-
-def _parameters_bytes(parameters: Parameters) -> int:
-    return int(sum(len(t) for t in parameters.tensors))
-
-
-def one_line(error: BaseException | str, limit: int = 300) -> str:
-    """An error message as one line of at most ``limit`` characters: its start and its end, where a wrapped
-    exception (a client's, inside Ray's and Flower's wrappers) keeps its own message."""
-    text = " ".join(_ANSI_ESCAPE.sub("", str(error)).split())
-    if len(text) <= limit:
-        return text
-    head = limit // 3
-    return f"{text[:head]} ... {text[-(limit - head - 5):]}"
-
-
-def _number(value: Any) -> float | None:
-    """A client-reported metric as a float, or None when it is not a finite number."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def client_compute_record(results: Sequence[tuple[ClientProxy, FitRes | EvaluateRes]],
-                          prefix: str = "client_compute_seconds") -> dict[str, float]:
-    """Sum and maximum of the clients' reported ``compute_seconds`` (finite, >= 0) as ``<prefix>_sum`` and
-    ``<prefix>_max``; empty when none reports it."""
-    seconds = [v for _, res in results
-               if (v := _number(res.metrics.get(protocol.COMPUTE_SECONDS))) is not None and v >= 0]
-    if not seconds:
-        return {}
-    return {f"{prefix}_sum": sum(seconds), f"{prefix}_max": max(seconds)}
 
 
 class RecordingFedAvg(FedAvg):
@@ -166,7 +130,7 @@ class RecordingFedAvg(FedAvg):
         self.sampled = [client.cid for client, _ in pairs]
         config = self.fit_config(server_round)
         pairs = [(client, FitIns(ins.parameters, {**ins.config, **config})) for client, ins in pairs]
-        down = [_parameters_bytes(ins.parameters) for _, ins in pairs]
+        down = [parameters_bytes(ins.parameters) for _, ins in pairs]
         self.recorder.record_round(self.algorithm_round(server_round), {
             "clients_sampled": len(pairs),
             "bytes_down": sum(down),
@@ -219,23 +183,9 @@ class RecordingFedAvg(FedAvg):
 
     def record_fit(self, server_round: int, accepted: list[Upload], results: list[tuple[ClientProxy, FitRes]],
                    failed: int) -> None:
-        """Record client counts, bytes up and fit metrics of a round (compute time over every client that
-        answered, accepted or refused; DSD teacher shares and the share of DP-clipped uploads averaged over clients)."""
-        algo_round = self.algorithm_round(server_round)
-        up = [_parameters_bytes(upload.res.parameters) for upload in accepted]
-        losses = [v for u in accepted if (v := _number(u.res.metrics.get("train_loss"))) is not None]
-        shares = {key: statistics.fmean(values) for key in ("dsd_share_t1", "dsd_share_t2", dp.CLIPPED_METRIC)
-                  if (values := [v for u in accepted if (v := _number(u.res.metrics.get(key))) is not None])}
-        self.recorder.record_round(algo_round, {
-            **shares,
-            "clients_ok": len(accepted),
-            "clients_refused": len(results) - len(accepted),
-            "clients_failed": failed,
-            "bytes_up": sum(up),
-            "bytes_up_per_client": max(up, default=0),
-            **({"train_loss": float(np.mean(losses))} if losses else {}),
-            **client_compute_record(results),
-        })
+        """Record client counts, bytes up and fit metrics of a round (:func:`reports.fit_record`)."""
+        self.recorder.record_round(self.algorithm_round(server_round),
+                                   fit_record([upload.res for upload in accepted], results, failed))
 
     def enough_uploads(self, server_round: int, accepted: list[Upload]) -> bool:
         """Whether ``accepted`` reaches train.min-fit-clients; if not, record that the round keeps the previous
@@ -319,7 +269,6 @@ class RecordingFedAvg(FedAvg):
         loss = record.get("global_loss_pooled")
         return (loss if isinstance(loss, float) else None), record
 
-
     def screen_evaluate(
         self, algo_round: int, results: list[tuple[ClientProxy, EvaluateRes]]
     ) -> list[tuple[ClientProxy, EvaluateRes]]:
@@ -346,31 +295,3 @@ class RecordingFedAvg(FedAvg):
             self.client_names[proxy.cid] = name
             valid.append((proxy, res))
         return sorted(valid, key=lambda pair: self.client_names[pair[0].cid])
-
-
-def evaluation_record(results: list[tuple[ClientProxy, EvaluateRes]], clients_per_domain: int = 1) -> dict[str, Any]:
-    """Turn every client's evaluation metrics into one round record; with several clients per domain also each
-    domain's global accuracy over its clients' test splits (``global_domain_acc_<domain>``, weighted by test size)."""
-    record: dict[str, Any] = {}
-    total = sum(res.num_examples for _, res in results)
-    global_rows = [(res.metrics, res.num_examples) for _, res in results if "global_acc" in res.metrics]
-    if global_rows and total:
-        record["global_acc_pooled"] = sum(float(m["global_acc"]) * n for m, n in global_rows) / total
-        record["global_loss_pooled"] = sum(float(m["global_loss"]) * n for m, n in global_rows) / total
-        for metrics, _n in global_rows:
-            record[f"global_acc_{metrics[protocol.CLIENT_NAME]}"] = float(metrics["global_acc"])
-        if clients_per_domain > 1:
-            by_domain: dict[str, list[tuple[float, int]]] = {}
-            for metrics, n in global_rows:
-                domain = client_domain(str(metrics[protocol.CLIENT_NAME]))
-                by_domain.setdefault(domain, []).append((float(metrics["global_acc"]), n))
-            record.update({f"global_domain_acc_{domain}": sum(acc * n for acc, n in rows) / tested
-                           for domain, rows in by_domain.items() if (tested := sum(n for _, n in rows))})
-    personal = {str(res.metrics[protocol.CLIENT_NAME]): float(res.metrics["personal_acc"])
-                for _, res in results if "personal_acc" in res.metrics}
-    if personal:
-        values = list(personal.values())
-        record["personal_acc_mean"] = statistics.fmean(values)
-        record["personal_acc_std"] = statistics.pstdev(values)
-        record.update({f"personal_acc_{name}": acc for name, acc in personal.items()})
-    return record

@@ -6,12 +6,12 @@ import time
 from typing import Any
 
 from flwr.common import EvaluateIns, FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters
-from flwr.server.client_manager import ClientManager
+from flwr.server import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from strategies.base import Failures, RecordingFedAvg
-from warmfed_flwr import protocol
-from warmfed_flwr.centralized import CentralizedTrainer
+from warmfed_flwr.methods.centralized import CentralizedTrainer
+from warmfed_flwr.wire import protocol
 
 
 class FedAvgStrategy(RecordingFedAvg):

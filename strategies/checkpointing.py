@@ -14,13 +14,13 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.server.client_manager import ClientManager
+from flwr.server import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from strategies.base import Failures, RecordingFedAvg
-from warmfed_flwr import protocol
-from warmfed_flwr.checkpoint import Checkpoint, CheckpointStore, RandomState, checkpoint_dir
+from warmfed_flwr.records.checkpoint import Checkpoint, CheckpointStore, RandomState, checkpoint_dir
+from warmfed_flwr.wire import protocol
 
 Ins = TypeVar("Ins", FitIns, EvaluateIns)
 

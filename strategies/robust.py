@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from flwr.server.strategy.aggregate import aggregate, aggregate_median, aggregate_trimmed_avg
 
-from warmfed_flwr.config import TrainConfig
+from warmfed_flwr.config.schema import TrainConfig
 
 Weights = Sequence[np.ndarray]
 

@@ -1,7 +1,7 @@
 """WarmFed (arXiv 2503.03110) on Flower: round 0 warm start from client adapters, then globalization.
 
-FGL (arXiv 2306.16064) is this strategy run with config.FGL_DIFFERENCES (LoRA off, client synthetic fine-tuning
-off), which resolve() applies for algorithm = fgl.
+FGL (arXiv 2306.16064) is this strategy run with config.loading.FGL_DIFFERENCES (LoRA off, client synthetic
+fine-tuning off), which resolve() applies for algorithm = fgl.
 """
 
 from __future__ import annotations
@@ -24,18 +24,20 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.server.client_manager import ClientManager
+from flwr.server import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from torch.utils.data import Dataset
 
-from strategies.base import Failures, RecordingFedAvg, Upload, one_line
-from warmfed_flwr import payload, protocol
-from warmfed_flwr.embedding_classes import validate_embedding_classes
+from strategies.base import Failures, RecordingFedAvg, Upload
+from strategies.reports import one_line
 from warmfed_flwr.errors import FederationError, PayloadError
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
-from warmfed_flwr.results import PRIVACY_AUDIT_PREFIX, SYNTHETIC_QUALITY_PREFIX
+from warmfed_flwr.methods.round0_upload import round0_sample_size
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
+from warmfed_flwr.records.results import PRIVACY_AUDIT_PREFIX, SYNTHETIC_QUALITY_PREFIX
 from warmfed_flwr.runtime import one_line_errors
-from warmfed_flwr.warmstart import SyntheticWarmStart, round0_sample_size
+from warmfed_flwr.trust.embedding_classes import validate_embedding_classes
+from warmfed_flwr.wire import payload, protocol
 
 logger = logging.getLogger(__name__)
 

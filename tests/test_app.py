@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from benchmarks.harness import Processes, flwr_run, read_metrics, run_statuses, start_superlink
 from tests.test_tracking import expected as expected_tracking
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import load_clients
 from warmfed_flwr.runtime import cache_dir
 

@@ -14,14 +14,17 @@ from torch.utils.data import TensorDataset
 
 from tests.test_client_data import SIZE, _assert_same_split, fake_digits  # noqa: F401 - fake_digits is a fixture
 from tests.test_shipped_foundation import TEMPLATE, TINY, fake_pool
-from warmfed_flwr import protocol
-from warmfed_flwr.config import DataConfig, resolve
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import DataConfig
 from warmfed_flwr.data import ClientSplit, ImageArrayDataset, client_cache, load_benchmark, load_client
 from warmfed_flwr.data.cache_files import read_or_miss
 from warmfed_flwr.generative import foundation
-from warmfed_flwr.generative.foundation import cache_problem, ensure_foundation, file_hashes, sha256_file
+from warmfed_flwr.generative.foundation import cache_problem, ensure_foundation
+from warmfed_flwr.generative.foundation_spec import RECORD, file_hashes, sha256_file
 from warmfed_flwr.generative.synthesis import cached_synthesis
-from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload, upload_check
+from warmfed_flwr.methods.round0_upload import client_upload, upload_check
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
+from warmfed_flwr.wire import protocol
 
 CLASSES = ["zero", "one", "two"]
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -161,7 +164,7 @@ def test_a_corrupted_custom_foundation_weight_file_is_rebuilt(monkeypatch: pytes
 
     monkeypatch.setattr(foundation, "load_public_pool", counting_pool)
     path = ensure_foundation(TINY, tmp_path, TEMPLATE)
-    recorded = json.loads((path / foundation.RECORD).read_text())["files"]
+    recorded = json.loads((path / RECORD).read_text())["files"]
     assert UNET_WEIGHTS in recorded and recorded == file_hashes(path) and cache_problem(path) is None
     weights = path / UNET_WEIGHTS
     data = bytearray(weights.read_bytes())
@@ -183,16 +186,16 @@ def fake_foundation(directory: Path) -> Path:
     (directory / "unet").mkdir(parents=True)
     (directory / "model_index.json").write_text("{}")
     (directory / UNET_WEIGHTS).write_bytes(b"weights")
-    (directory / foundation.RECORD).write_text(json.dumps({"key": directory.name, "files": file_hashes(directory)}))
+    (directory / RECORD).write_text(json.dumps({"key": directory.name, "files": file_hashes(directory)}))
     return directory
 
 
 @pytest.mark.parametrize(("change", "problem"), [
     (lambda d: (d / UNET_WEIGHTS).unlink(), "is missing"),
     (lambda d: (d / UNET_WEIGHTS).write_bytes(b""), "does not match its sha256"),
-    (lambda d: (d / foundation.RECORD).write_text('{"key": "x"}'), "records no sha256"),
-    (lambda d: (d / foundation.RECORD).write_text('{"ke'), "is unreadable"),
-    (lambda d: (d / foundation.RECORD).unlink(), "is missing"),
+    (lambda d: (d / RECORD).write_text('{"key": "x"}'), "records no sha256"),
+    (lambda d: (d / RECORD).write_text('{"ke'), "is unreadable"),
+    (lambda d: (d / RECORD).unlink(), "is missing"),
 ])
 def test_cache_problem_names_what_makes_a_foundation_incomplete(tmp_path: Path, change, problem: str) -> None:
     directory = fake_foundation(tmp_path / "f")

@@ -10,12 +10,13 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 
 from tests.test_cache_healing import CLASSES, client_split, config
-from warmfed_flwr import protocol
-from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.config.schema import LoraConfig
 from warmfed_flwr.generative.lora import adapter_schema
 from warmfed_flwr.generative.pipeline import load_pipeline
 from warmfed_flwr.generative.synthesis import pipeline_fingerprint
-from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload
+from warmfed_flwr.methods.round0_upload import client_upload
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
+from warmfed_flwr.wire import protocol
 
 CPU = torch.device("cpu")
 

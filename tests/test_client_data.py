@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import RecordDict
-from flwr.common import Context
+from flwr.app import Context, RecordDict
 from PIL import Image
 from torch.utils.data import TensorDataset
 
 from tests.fake_digits import install_fake_digits
-from warmfed_flwr.config import DataConfig, resolve
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import DataConfig
 from warmfed_flwr.data import (
     ClientSplit,
     ImageArrayDataset,
@@ -26,9 +26,9 @@ from warmfed_flwr.data import (
 )
 from warmfed_flwr.data.partition import DomainArrays
 from warmfed_flwr.generative.synthesis import synthesis_key
-from warmfed_flwr.models import build_model
-from warmfed_flwr.training import get_weights, train_epochs
-from warmfed_flwr.warmstart import dataset_key
+from warmfed_flwr.learning.models import build_model
+from warmfed_flwr.learning.training import get_weights, train_epochs
+from warmfed_flwr.methods.round0_upload import dataset_key
 
 SIZE = 8
 

@@ -24,10 +24,10 @@ from benchmarks.harness import (
 from clients.base import PERSONAL, POOL, RESUMABLE_STATE
 from clients.state import ClientStateStore, PersistentStateClient, client_state_dir, load_arrays, save_arrays, start_run
 from strategies.checkpointing import CheckpointingStrategy
-from warmfed_flwr import protocol
-from warmfed_flwr.checkpoint import KEEP, Checkpoint, CheckpointStore, RandomState, checkpoint_dir
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.errors import CheckpointError, RunStoppedError
+from warmfed_flwr.records.checkpoint import KEEP, Checkpoint, CheckpointStore, RandomState, checkpoint_dir
+from warmfed_flwr.wire import protocol
 
 NO_PARAMETERS = Parameters(tensors=[], tensor_type="numpy.ndarray")
 

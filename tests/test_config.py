@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from warmfed_flwr import config_keys
-from warmfed_flwr.config import (
+from warmfed_flwr.config import keys
+from warmfed_flwr.config.loading import (
     CONF_DIR,
     FGL_DIFFERENCES,
     bounds,
@@ -33,21 +33,21 @@ def test_conf_yamls_state_only_what_differs_from_the_defaults():
 
 
 def test_pyproject_and_docs_are_in_step_with_the_schema():
-    text = config_keys.PYPROJECT.read_text()
-    assert config_keys.check(text, config_keys.DOC.read_text()) == []
-    assert config_keys.main(["--check"]) == 0
-    assert config_keys.rewrite_pyproject(text) == text
+    text = keys.PYPROJECT.read_text()
+    assert keys.check(text, keys.DOC.read_text()) == []
+    assert keys.main(["--check"]) == 0
+    assert keys.rewrite_pyproject(text) == text
 
 
 def test_key_check_reports_a_missing_and_an_extra_pyproject_key():
-    text = config_keys.PYPROJECT.read_text()
+    text = keys.PYPROJECT.read_text()
     assert '"lora.rank" = ""\n' in text
     broken = text.replace('"lora.rank" = ""\n', '"lora.ranks" = ""\n')
-    problems = config_keys.pyproject_problems(broken)
+    problems = keys.pyproject_problems(broken)
     assert len(problems) == 2
     assert "lacks 'lora.rank'" in problems[0] and "'lora.ranks', which is not a schema key" in problems[1]
-    assert config_keys.check(broken, "stale") == [*problems, "docs/config.md is not the schema's current rendering"]
-    assert config_keys.rewrite_pyproject(broken) == text
+    assert keys.check(broken, "stale") == [*problems, "docs/config.md is not the schema's current rendering"]
+    assert keys.rewrite_pyproject(broken) == text
 
 
 def test_every_experiment_yaml_resolves():

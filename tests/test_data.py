@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from warmfed_flwr.config import DataConfig
+from warmfed_flwr.config.schema import DataConfig
 from warmfed_flwr.data import (
     Benchmark,
     ClientSplit,

@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 from flwr.common import Code, EvaluateRes, Status
 
-from strategies.base import evaluation_record
 from strategies.baselines import FedAvgStrategy
+from strategies.reports import evaluation_record
 from tests.fake_digits import install_fake_digits
-from warmfed_flwr import protocol
-from warmfed_flwr.config import ConfigError, DataConfig, resolve
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import DataConfig
 from warmfed_flwr.data import digits, load_benchmark, load_client, loading
 from warmfed_flwr.data.client_cache import _partitions_dir
 from warmfed_flwr.data.domain_clients import client_domain, client_name, domain_shares, partition_domain_clients
 from warmfed_flwr.data.partition import DomainArrays, cap_domains, stratified_split
-from warmfed_flwr.errors import DataError
-from warmfed_flwr.results import RunRecorder
+from warmfed_flwr.errors import ConfigError, DataError
+from warmfed_flwr.records.results import RunRecorder
+from warmfed_flwr.wire import protocol
 
 SIZE = 8
 DOMAINS = list(digits.DOMAINS)  # mnist, digits, fonts, mnistm

@@ -6,20 +6,20 @@ import dp_accounting
 import numpy as np
 import pytest
 import torch
-from flwr.app import RecordDict
-from flwr.common import Context
+from flwr.app import Context, RecordDict
 
 from clients import warmfed as warmfed_client_module
 from clients.base import FederatedClient, LocalOnlyClient
 from clients.warmfed import WarmFedClient
 from tests.fake_digits import install_fake_digits
-from warmfed_flwr import dp, payload, protocol
-from warmfed_flwr.config import key_is_used, resolve
+from warmfed_flwr.config.loading import key_is_used, resolve
 from warmfed_flwr.data import load_client
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.models import build_model
+from warmfed_flwr.learning.models import build_model
+from warmfed_flwr.learning.training import get_weights, set_weights
 from warmfed_flwr.server_app import server_fn
-from warmfed_flwr.training import get_weights, set_weights
+from warmfed_flwr.trust import dp
+from warmfed_flwr.wire import payload, protocol
 
 DP_KEYS = ("privacy.noise-multiplier", "privacy.clip-norm", "privacy.adapter-clip-norm", "privacy.embedding-clip-norm")
 

@@ -8,12 +8,12 @@ import torch
 from tests.test_warmfed_strategy import CLASSES, config, uploads  # noqa: F401 - uploads is a fixture
 from tests.test_warmfed_strategy import fit_res as round0_res
 from tests.test_warmfed_strategy import strategy as round0_strategy
-from warmfed_flwr import protocol
 from warmfed_flwr.data.digits import CLASS_NAMES as DIGITS
-from warmfed_flwr.embedding_classes import class_similarity, mismatched_rows, validate_embedding_classes
 from warmfed_flwr.errors import PayloadError
 from warmfed_flwr.generative.pipeline import load_pipeline
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts, prompt_embeddings
+from warmfed_flwr.trust.embedding_classes import class_similarity, mismatched_rows, validate_embedding_classes
+from warmfed_flwr.wire import protocol
 
 PHRASES = ["", "mnist", "digits", "fonts", "mnistm", "handwritten digit on a dark background"]
 

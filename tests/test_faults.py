@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from warmfed_flwr import faults, payload
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.errors import PayloadError
-from warmfed_flwr.updates import update_norm
+from warmfed_flwr.trust import faults
+from warmfed_flwr.wire import payload
+from warmfed_flwr.wire.updates import update_norm
 
 WEIGHTS = [np.ones((3, 2), np.float32), np.zeros(4, np.float32), np.array(7, np.int64)]
 NAMED = {"embeddings": np.ones((2, 4), np.float32), "adapter.a": np.ones((4, 2), np.float32)}

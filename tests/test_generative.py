@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr.config import GeneratorConfig, LoraConfig
+from warmfed_flwr.config.schema import GeneratorConfig, LoraConfig
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative import foundation, lora, pipeline
-from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation, foundation_key
+from warmfed_flwr.generative.foundation import ensure_foundation
+from warmfed_flwr.generative.foundation_spec import FoundationSpec, foundation_key
 from warmfed_flwr.generative.foundation_training import pretrain_foundation
 from warmfed_flwr.generative.lora import (
     adapter_schema,

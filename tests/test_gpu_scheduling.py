@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
-from warmfed_flwr import training
-from warmfed_flwr.training import resolve_device
+from warmfed_flwr.learning import training
+from warmfed_flwr.learning.training import resolve_device
 
 CLIENTS = 4
 SLEEP_SECONDS = 2.0

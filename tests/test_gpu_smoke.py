@@ -8,10 +8,10 @@ import torch
 
 from benchmarks import gpu_check, gpu_smoke
 from tests.sd_shaped import build_sd_shaped_pipeline, narrow_sd_configs
-from warmfed_flwr import payload
 from warmfed_flwr.generative import random_sd
 from warmfed_flwr.generative.lora import adapter_schema
 from warmfed_flwr.generative.pipeline import load_pipeline
+from warmfed_flwr.wire import payload
 
 STAGES = ["client_upload[art_painting]", "client_upload[cartoon]", "server_load", "synthesis", "release_generator",
           "warm_start", "globalization_round"]

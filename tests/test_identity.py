@@ -12,11 +12,11 @@ from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameter
 from benchmarks.harness import Processes, flwr_run, read_metrics
 from benchmarks.node_auth import start_authenticated_deployment
 from strategies.baselines import FedAvgStrategy
-from warmfed_flwr import payload, protocol
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.identity import claim_refusal, load_identities
-from warmfed_flwr.results import RunRecorder
+from warmfed_flwr.records.results import RunRecorder
+from warmfed_flwr.trust.identity import claim_refusal, load_identities
+from warmfed_flwr.wire import payload, protocol
 
 WEIGHTS = [np.zeros((3, 2), np.float32)]
 MNIST_NODE, DIGITS_NODE, SPOOFER = "1111", "2222", "3333"

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from tests.sd_shaped import build_sd_shaped_pipeline
-from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.config.schema import LoraConfig
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative import images
 from warmfed_flwr.generative.diffusion import TrainingLatents, encode_latent_stats

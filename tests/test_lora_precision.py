@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler
 from torch.utils.data import TensorDataset
 
 from tests.sd_shaped import build_sd_shaped_pipeline
-from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.config.schema import LoraConfig
 from warmfed_flwr.generative import lora
 from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings

@@ -4,7 +4,7 @@ import logging
 
 import torch
 
-from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.config.schema import LoraConfig
 from warmfed_flwr.generative import lora
 from warmfed_flwr.generative.lora import adapter_schema, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline

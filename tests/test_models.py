@@ -4,9 +4,9 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from warmfed_flwr.config import ModelConfig
+from warmfed_flwr.config.schema import ModelConfig
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.models import build_model
+from warmfed_flwr.learning.models import build_model
 
 
 @pytest.fixture(scope="module")

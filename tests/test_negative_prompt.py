@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from warmfed_flwr import protocol
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.generative.pipeline import load_pipeline
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import synthesis_key, synthesize
-from warmfed_flwr.warmstart import SyntheticWarmStart
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
+from warmfed_flwr.wire import protocol
 
 CPU = torch.device("cpu")
 CLASSES = ["zero", "one", "two"]

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr.config import ModelConfig, resolve
-from warmfed_flwr.models import IMAGENET_MEAN, IMAGENET_STD, seeded_model
-from warmfed_flwr.training import get_weights, train_epochs
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import ModelConfig
+from warmfed_flwr.learning.models import IMAGENET_MEAN, IMAGENET_STD, seeded_model
+from warmfed_flwr.learning.training import get_weights, train_epochs
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from warmfed_flwr.config import CONF_DIR, ExperimentConfig, load_yaml, resolve
+from warmfed_flwr.config.loading import CONF_DIR, load_yaml, resolve
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.runtime import run_dir
 
 PAPER = sorted(p.stem for p in (CONF_DIR / "paper").glob("*.yaml"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from warmfed_flwr.config import DataConfig
+from warmfed_flwr.config.schema import DataConfig
 from warmfed_flwr.data import hub, load_benchmark
 from warmfed_flwr.data.partition import DomainArrays, cap_domains, partition_by_domain
 from warmfed_flwr.errors import DataError

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr import warmstart
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.warmstart import SyntheticWarmStart, client_upload
+from warmfed_flwr.methods import synthetic_set
+from warmfed_flwr.methods.round0_upload import client_upload
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
 
 CLASSES = ["zero", "one", "two"]
 CLIENTS = ["a", "b", "c"]
@@ -49,7 +50,7 @@ def test_two_cpu_pipelines_make_exactly_the_sequential_images_in_parallel(tiny_p
     busy: dict[int, int] = {}
     first_two = threading.Barrier(2, timeout=60)  # broken (an error) unless two syntheses run at the same time
     lock = threading.Lock()
-    original = warmstart.synthesize_batches
+    original = synthetic_set.synthesize_batches
 
     def recording(pipe, *args, **kwargs):
         with lock:
@@ -65,7 +66,7 @@ def test_two_cpu_pipelines_make_exactly_the_sequential_images_in_parallel(tiny_p
             with lock:
                 busy[id(pipe)] -= 1
 
-    monkeypatch.setattr(warmstart, "synthesize_batches", recording)
+    monkeypatch.setattr(synthetic_set, "synthesize_batches", recording)
     parallel = warm_start.build_synthetic(uploads)
 
     assert len(calls) == len(CLIENTS)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from warmfed_flwr import payload
 from warmfed_flwr.errors import ConfigError, PayloadError
+from warmfed_flwr.wire import payload
 
 SCHEMA = {"adapter.a": ((4, 2), "float32"), "embeddings": ((10, 8, 32), "float32")}
 

@@ -1,4 +1,4 @@
-"""Tests of DSD, pFedSD, Ditto and FedBN personalization (warmfed_flwr.personalization)."""
+"""Tests of DSD, pFedSD, Ditto and FedBN personalization (warmfed_flwr.methods.personalization)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from flwr.app import Array, ArrayRecord
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr.config import PersonalizationConfig
-from warmfed_flwr.models import SmallCNN
-from warmfed_flwr.personalization import (
+from warmfed_flwr.config.schema import PersonalizationConfig
+from warmfed_flwr.learning.models import SmallCNN
+from warmfed_flwr.learning.training import cross_entropy, predict_logits, train_epochs
+from warmfed_flwr.methods.personalization import (
     LogitPool,
     TeacherSelector,
     distillation_objective,
@@ -26,7 +27,6 @@ from warmfed_flwr.personalization import (
     train_dsd,
     train_pfedsd,
 )
-from warmfed_flwr.training import cross_entropy, predict_logits, train_epochs
 
 CPU = torch.device("cpu")
 NUM_CLASSES = 4

@@ -14,15 +14,15 @@ from torch.utils.data import TensorDataset
 
 from clients.warmfed import WarmFedClient
 from strategies.warmfed import WarmFedStrategy
-from warmfed_flwr import payload, protocol
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import ClientSplit, ImageArrayDataset
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
-from warmfed_flwr.models import SmallCNN
-from warmfed_flwr.privacy_audit import penultimate_features, privacy_audit
-from warmfed_flwr.results import RunRecorder, summarize
-from warmfed_flwr.training import get_weights
-from warmfed_flwr.warmstart import SyntheticWarmStart
+from warmfed_flwr.learning.models import SmallCNN
+from warmfed_flwr.learning.training import get_weights
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
+from warmfed_flwr.records.results import RunRecorder, summarize
+from warmfed_flwr.trust.privacy_audit import penultimate_features, privacy_audit
+from warmfed_flwr.wire import payload, protocol
 
 CLASSES = ["zero", "one", "two"]
 AUDIT_KEYS = {"audit_pixel_closer_share", "audit_pixel_near_copy_share", "audit_feature_closer_share",

@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from warmfed_flwr import progress
-from warmfed_flwr.progress import progress_bar
+from warmfed_flwr.records import progress
+from warmfed_flwr.records.progress import progress_bar
 
 
 class Terminal(io.StringIO):

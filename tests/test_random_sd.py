@@ -11,11 +11,11 @@ from diffusers import DDIMScheduler
 from safetensors import safe_open
 
 from tests.sd_shaped import narrow_sd_configs
-from warmfed_flwr import plan as planner
-from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.config.schema import LoraConfig
 from warmfed_flwr.generative import random_sd
 from warmfed_flwr.generative.pipeline import load_pipeline
 from warmfed_flwr.generative.prompts import prompt_embeddings
+from warmfed_flwr.plan.generator import architecture
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -79,7 +79,7 @@ def test_written_pipeline_is_float16_and_loads_through_load_pipeline(tmp_path):
     embeddings = prompt_embeddings(pipe, ["a photo of a dog"])
     assert embeddings.shape == (1, 77, 64) and torch.isfinite(embeddings).all()
 
-    arch = planner.architecture(str(out), LoraConfig(enabled=False), activations=False)
+    arch = architecture(str(out), LoraConfig(enabled=False), activations=False)
     assert (arch.unet_parameters, arch.vae_parameters, arch.text_parameters) == (
         _count(pipe.unet), _count(pipe.vae), _count(pipe.text_encoder))
     assert (arch.image_size, arch.tokens, arch.text_dim) == (32, 77, 64)

@@ -1,7 +1,7 @@
 """Run summaries: titles that name what ran, per-client columns in numeric order."""
 
-from warmfed_flwr.config import resolve
-from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX, summarize
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.records.results import SYNTHETIC_QUALITY_PREFIX, summarize
 
 
 def test_title_names_the_algorithm_that_ran_not_only_the_experiment_file():

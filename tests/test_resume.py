@@ -14,12 +14,12 @@ from benchmarks.harness import (
 )
 from strategies.baselines import FedAvgStrategy
 from strategies.checkpointing import with_checkpoints
-from warmfed_flwr.checkpoint import Checkpoint, CheckpointStore, RandomState, checkpoint_dir, read_checkpoint
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.errors import CheckpointError, ConfigError
 from warmfed_flwr.generative.synthesis import cached_synthesis
-from warmfed_flwr.results import RunRecorder
-from warmfed_flwr.warmstart import SyntheticWarmStart
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
+from warmfed_flwr.records.checkpoint import Checkpoint, CheckpointStore, RandomState, checkpoint_dir, read_checkpoint
+from warmfed_flwr.records.results import RunRecorder
 
 
 def checkpoint(server_round: int, **state) -> Checkpoint:
@@ -86,7 +86,7 @@ def test_a_corrupt_newest_file_is_skipped_with_a_clear_message(tmp_path, caplog)
 
 def test_files_and_log_lines_number_rounds_as_metrics_and_summary_do(tmp_path, caplog):
     """WarmFed's last server round 6 is its round 5 in metrics.json and summary.md: the checkpoint says 5 too."""
-    caplog.set_level(logging.INFO, logger="warmfed_flwr.checkpoint")
+    caplog.set_level(logging.INFO, logger="warmfed_flwr.records.checkpoint")
     store = CheckpointStore(tmp_path)
     path = store.save(checkpoint(6))
     assert path.name == "round-0005.npz"

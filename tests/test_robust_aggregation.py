@@ -14,10 +14,11 @@ from tests.test_strategy_base import GLOBAL, fit_res, strategy, weights
 from tests.test_warmfed_strategy import config, uploads  # noqa: F401 - uploads is a fixture
 from tests.test_warmfed_strategy import fit_res as round0_res
 from tests.test_warmfed_strategy import strategy as round0_strategy
-from warmfed_flwr import faults, payload, protocol
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.errors import ConfigError, PayloadError
-from warmfed_flwr.updates import scale_update, update_norm
+from warmfed_flwr.trust import faults
+from warmfed_flwr.wire import payload, protocol
+from warmfed_flwr.wire.updates import scale_update, update_norm
 
 HONEST = {"a": 1.0, "b": 1.1, "c": 0.9}
 

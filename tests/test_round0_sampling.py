@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from flwr.app import RecordDict
-from flwr.common import Code, Context, FitRes, GetPropertiesRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.app import Context, RecordDict
+from flwr.common import Code, FitRes, GetPropertiesRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from torch.utils.data import TensorDataset
 
 import clients.base as base_client_module
@@ -15,14 +15,16 @@ from clients import warmfed as warmfed_client_module
 from clients.base import FederatedClient
 from clients.warmfed import WarmFedClient
 from strategies.warmfed import WarmFedStrategy
-from warmfed_flwr import payload, protocol
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
-from warmfed_flwr.models import build_model
-from warmfed_flwr.results import RunRecorder
-from warmfed_flwr.training import get_weights
-from warmfed_flwr.warmstart import SyntheticWarmStart, round0_sample_size, synthetic_images_per_class
+from warmfed_flwr.learning.models import build_model
+from warmfed_flwr.learning.training import get_weights
+from warmfed_flwr.methods.round0_upload import round0_sample_size
+from warmfed_flwr.methods.synthetic_set import synthetic_images_per_class
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart
+from warmfed_flwr.records.results import RunRecorder
+from warmfed_flwr.wire import payload, protocol
 
 CLASSES = ["zero", "one", "two"]
 EIGHT = [f"c{i}" for i in range(8)]

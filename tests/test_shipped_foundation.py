@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from tests.test_generative import NAMES, shapes_dataset
-from warmfed_flwr.config import GeneratorConfig
+from warmfed_flwr.config.schema import GeneratorConfig
 from warmfed_flwr.errors import GeneratorError
-from warmfed_flwr.generative import foundation, pipeline, shipped
-from warmfed_flwr.generative.foundation import ARCHITECTURE, FoundationSpec, foundation_key
+from warmfed_flwr.generative import foundation, foundation_cli, pipeline, shipped
+from warmfed_flwr.generative.foundation_spec import ARCHITECTURE, FoundationSpec, foundation_key
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 
 TEMPLATE = GeneratorConfig().prompt_template
@@ -49,9 +49,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     export = tmp_path_factory.mktemp("export") / "tiny_foundation"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setattr(foundation, "FoundationSpec", tiny_spec)
+        patch.setattr(foundation_cli, "FoundationSpec", tiny_spec)
         patch.setattr(foundation, "load_public_pool", fake_pool)
-        foundation.main(["--steps", str(STEPS), "--cache-dir", str(cache), "--export", str(export)])
+        foundation_cli.main(["--steps", str(STEPS), "--cache-dir", str(cache), "--export", str(export)])
     source = cache / "foundation" / foundation_key(TINY, TEMPLATE)
     return SimpleNamespace(cache=cache, source=source, export=export,
                            card=json.loads((export / shipped.CARD).read_text()))
@@ -116,12 +116,12 @@ def test_export_writes_card_with_recipe_provenance_quality_and_hashes(built: Sim
 
 def test_card_command_rebuilds_the_same_foundation(built: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
-    monkeypatch.setattr(foundation, "FoundationSpec", tiny_spec)
+    monkeypatch.setattr(foundation_cli, "FoundationSpec", tiny_spec)
     monkeypatch.setattr(foundation, "_build_into", refuse_build)
     argv = shlex.split(built.card["build_command"])
     assert argv[0] == "warmfed-build-foundation"
     argv[argv.index("--export") + 1] = str(tmp_path / "again")
-    foundation.main([*argv[1:], "--cache-dir", str(built.cache)])
+    foundation_cli.main([*argv[1:], "--cache-dir", str(built.cache)])
     again = json.loads((tmp_path / "again" / shipped.CARD).read_text())
     assert again["files"] == built.card["files"] and again["key"] == built.card["key"]
 

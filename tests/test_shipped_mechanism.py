@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr.config import LoraConfig, ModelConfig, resolve
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import LoraConfig, ModelConfig
 from warmfed_flwr.data import load_benchmark
 from warmfed_flwr.data.digits import CLASS_NAMES
 from warmfed_flwr.errors import GeneratorError
@@ -20,8 +21,8 @@ from warmfed_flwr.generative.lora import fit_adapter, use_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import synthesize
-from warmfed_flwr.models import seeded_model
-from warmfed_flwr.training import evaluate, train_epochs
+from warmfed_flwr.learning.models import seeded_model
+from warmfed_flwr.learning.training import evaluate, train_epochs
 
 CPU = torch.device("cpu")
 PER_CLASS = 20

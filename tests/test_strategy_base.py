@@ -10,9 +10,10 @@ from flwr.common import Code, EvaluateRes, FitRes, Parameters, Status, ndarrays_
 
 from strategies.baselines import FedAvgStrategy
 from strategies.warmfed import WarmFedStrategy
-from warmfed_flwr import faults, payload, protocol
-from warmfed_flwr.config import resolve
-from warmfed_flwr.results import RunRecorder
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.records.results import RunRecorder
+from warmfed_flwr.trust import faults
+from warmfed_flwr.wire import payload, protocol
 
 GLOBAL = [np.zeros((3, 2), np.float32), np.zeros(4, np.float32), np.array(0, np.int64)]
 

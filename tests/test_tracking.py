@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.results import RunRecorder
-from warmfed_flwr.tracking import TIME_PREFIX, open_tracker, scalars, tracking_uri
+from warmfed_flwr.records.results import RunRecorder
+from warmfed_flwr.records.tracking import TIME_PREFIX, open_tracker, scalars, tracking_uri
 
 ROUNDS = {0: {"bytes_up": 4096, "synthetic_quality_mnist": 0.625},
           1: {"global_acc_pooled": 0.5, "bytes_up": 800, "bytes_down": 1600, "train_loss": float("nan")},

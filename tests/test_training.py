@@ -6,8 +6,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr.models import SmallCNN
-from warmfed_flwr.training import train_epochs
+from warmfed_flwr.learning.models import SmallCNN
+from warmfed_flwr.learning.training import train_epochs
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from flwr.common import ndarrays_to_parameters
-from flwr.server.client_manager import SimpleClientManager
+from flwr.server import SimpleClientManager
 
 from benchmarks.harness import (
     ROOT,
@@ -31,10 +31,10 @@ from benchmarks.node_auth import wait_until_count_online
 from strategies.availability import ClientWait
 from strategies.baselines import FedAvgStrategy
 from strategies.warmfed import WarmFedStrategy
-from warmfed_flwr import protocol
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.errors import RunStoppedError
-from warmfed_flwr.results import RunRecorder
+from warmfed_flwr.records.results import RunRecorder
+from warmfed_flwr.wire import protocol
 
 PARAMETERS = ndarrays_to_parameters([np.zeros((3, 2), np.float32)])
 NAMES = {"n1": "mnist", "n2": "digits", "n3": "fonts"}

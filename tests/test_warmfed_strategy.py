@@ -12,22 +12,21 @@ from torch.utils.data import TensorDataset
 from clients import warmfed as client_module
 from clients.warmfed import WarmFedClient
 from strategies.warmfed import WarmFedStrategy
-from warmfed_flwr import payload, protocol, warmstart
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import ClientSplit, ImageArrayDataset
 from warmfed_flwr.data.partition import MIXED_DOMAIN
-from warmfed_flwr.errors import PayloadError, RunStoppedError
+from warmfed_flwr.errors import GeneratorError, PayloadError, RunStoppedError
 from warmfed_flwr.generative.lora import adapter_schema
-from warmfed_flwr.generative.synthesis import quantize
-from warmfed_flwr.models import SmallCNN, seeded_model
-from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX, RunRecorder, summarize
-from warmfed_flwr.training import evaluate, get_weights, predict_logits, set_weights, train_epochs
-from warmfed_flwr.warmstart import (
-    SyntheticWarmStart,
-    balanced_subset,
-    client_upload,
-    globalize_client,
-)
+from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
+from warmfed_flwr.generative.synthesis import quantize, synthesis_key
+from warmfed_flwr.learning.models import SmallCNN, seeded_model
+from warmfed_flwr.learning.training import evaluate, get_weights, predict_logits, set_weights, train_epochs
+from warmfed_flwr.methods import round0_upload, warmstart
+from warmfed_flwr.methods.round0_upload import client_upload
+from warmfed_flwr.methods.synthetic_set import balanced_subset
+from warmfed_flwr.methods.warmstart import SyntheticWarmStart, globalize_client
+from warmfed_flwr.records.results import SYNTHETIC_QUALITY_PREFIX, RunRecorder, summarize
+from warmfed_flwr.wire import payload, protocol
 
 CLASSES = ["zero", "one", "two"]
 
@@ -387,13 +386,13 @@ def _assert_same_arrays(first: dict, second: dict) -> None:
 
 
 def _counting_lora(monkeypatch) -> list:
-    real, calls = warmstart.fit_adapter, []
+    real, calls = round0_upload.fit_adapter, []
 
     def counted(*args, **kwargs):
         calls.append(kwargs.get("domain_phrase"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(warmstart, "fit_adapter", counted)
+    monkeypatch.setattr(round0_upload, "fit_adapter", counted)
     return calls
 
 
@@ -407,7 +406,7 @@ def test_client_upload_is_cached_and_repeated_exactly(tiny_pipeline_dir, tmp_pat
     def no_lora(*args, **kwargs):
         raise AssertionError("LoRA ran again although the upload is cached")
 
-    monkeypatch.setattr(warmstart, "fit_adapter", no_lora)
+    monkeypatch.setattr(round0_upload, "fit_adapter", no_lora)
     second, _ = _upload(cfg, tmp_path)
     _assert_same_arrays(first, second)
     assert any(k.startswith(protocol.ADAPTER_PREFIX) for k in second)
@@ -605,8 +604,7 @@ def test_server_synthesizes_at_the_classifier_size_not_the_generator_size(tmp_pa
     cfg = config(tmp_path / "sd", tmp_path, **{"data.image-size": 32, "lora.enabled": False})
     warm_start = SyntheticWarmStart(cfg, CLASSES, torch.device("cpu"), tmp_path / "cache", tmp_path / "run")
     assert warm_start.pipe.unet.config.sample_size * warm_start.pipe.vae_scale_factor == 64
-    embeddings = warmstart.prompt_embeddings(warm_start.pipe, warmstart.class_prompts(cfg.generator.prompt_template,
-                                                                                  CLASSES)).numpy()
+    embeddings = prompt_embeddings(warm_start.pipe, class_prompts(cfg.generator.prompt_template, CLASSES)).numpy()
     assert embeddings.shape[1:] == (77, cross_attention_dim)
     images, labels = warm_start.synthesize_client("a", {protocol.EMBEDDINGS: embeddings}, seed=0)
     assert images.shape == (len(labels), 32, 32, 3) and images.dtype == np.uint8
@@ -629,7 +627,7 @@ def test_fp16_uploads_are_accepted_and_decoded_to_fp32(uploads, tiny_pipeline_di
     assert not [e for e in recorder.events if e["kind"] == "upload_refused"]
     key = strat.warm_start.synthesis_keys["b"]
     syn = strat.cfg.synthesis
-    assert key == warmstart.synthesis_key(
+    assert key == synthesis_key(
         torch.from_numpy(half[protocol.EMBEDDINGS].astype(np.float32)),
         {k: torch.from_numpy(v.astype(np.float32))
          for k, v in payload.split_prefix(half, protocol.ADAPTER_PREFIX).items()},
@@ -639,9 +637,9 @@ def test_fp16_uploads_are_accepted_and_decoded_to_fp32(uploads, tiny_pipeline_di
 
 def test_full_size_generator_on_a_cpu_fallback_is_refused_unless_cpu_is_forced(tiny_pipeline_dir, tmp_path,
                                                                                 monkeypatch):
-    monkeypatch.setattr(warmstart, "CPU_LORA_MAX_PARAMETERS", 1000)
+    monkeypatch.setattr(round0_upload, "CPU_LORA_MAX_PARAMETERS", 1000)
     auto = config(tiny_pipeline_dir, tmp_path, device="auto")
-    with pytest.raises(warmstart.GeneratorError, match="client-resources-num-gpus.*device='cpu'"):
+    with pytest.raises(GeneratorError, match="client-resources-num-gpus.*device='cpu'"):
         client_upload(auto, split("a", 0), CLASSES, torch.device("cpu"), tmp_path)
     forced = config(tiny_pipeline_dir, tmp_path, device="cpu")
     named, _ = client_upload(forced, split("a", 0), CLASSES, torch.device("cpu"), tmp_path)
@@ -653,5 +651,5 @@ def test_server_releases_its_generator_after_round_zero(uploads, tiny_pipeline_d
     strat._fit_started = 0.0
     strat.aggregate_fit(1, [fit_res(uploads["a"], "a"), fit_res(uploads["b"], "b")], [])
     assert strat.warm_start.pipe is None
-    with pytest.raises(warmstart.GeneratorError, match="released its generator"):
+    with pytest.raises(GeneratorError, match="released its generator"):
         strat.warm_start.upload_schema()

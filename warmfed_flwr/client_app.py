@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from flwr.client import Client, ClientApp
-from flwr.common import Context
+from flwr.app import Context
+from flwr.client import Client
+from flwr.clientapp import ClientApp
 
 from clients.base import RESUMABLE_STATE, FederatedClient, LocalOnlyClient
 from clients.state import ClientStateStore, PersistentStateClient, client_state_dir
-from warmfed_flwr import dp
-from warmfed_flwr.config import resolve
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import load_client
 from warmfed_flwr.errors import ConfigError
+from warmfed_flwr.learning.training import resolve_device, seed_everything
 from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir
-from warmfed_flwr.training import resolve_device, seed_everything
+from warmfed_flwr.trust import dp
 
 
 def client_class(algorithm: str) -> type[FederatedClient]:

@@ -10,24 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr.config.loading import absolute_path
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import default_cache_dir
-from warmfed_flwr.errors import ConfigError, RunStoppedError, WarmFedError
+from warmfed_flwr.errors import RunStoppedError, WarmFedError
 
 logger = logging.getLogger("warmfed_flwr")
 T = TypeVar("T")
 PROJECT_PACKAGES = ("warmfed_flwr", "strategies", "clients")
-
-
-def absolute_path(key: str, value: str) -> Path:
-    """``value`` as an absolute path (``~`` expanded); a relative path is refused, naming ``key``."""
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        raise ConfigError(
-            f"config key '{key}' = '{value}' must be an absolute path (or start with ~): Flower runs the app "
-            "from its own install directory"
-        )
-    return path
 
 
 def cache_dir(cfg: ExperimentConfig) -> Path:

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from flwr.common import Context, ndarrays_to_parameters
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.app import Context
+from flwr.common import ndarrays_to_parameters
+from flwr.server import ServerAppComponents, ServerConfig
+from flwr.serverapp import ServerApp
 
 from strategies.base import RecordingFedAvg
 from strategies.baselines import CentralizedStrategy, FedAvgStrategy, FedProxStrategy, LocalOnlyStrategy
 from strategies.checkpointing import with_checkpoints
-from warmfed_flwr import actor_recovery, dp
-from warmfed_flwr.centralized import CentralizedTrainer
-from warmfed_flwr.config import ExperimentConfig, resolve
+from warmfed_flwr import actor_recovery
+from warmfed_flwr.config.loading import resolve
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import Benchmark, load_clients
-from warmfed_flwr.models import seeded_model
-from warmfed_flwr.results import RunRecorder
+from warmfed_flwr.learning.models import seeded_model
+from warmfed_flwr.learning.training import get_weights, resolve_device, seed_everything
+from warmfed_flwr.methods.centralized import CentralizedTrainer
+from warmfed_flwr.records.results import RunRecorder
 from warmfed_flwr.runtime import cache_dir, one_line_errors, run_dir, show_logs_in_flower_output
-from warmfed_flwr.training import get_weights, resolve_device, seed_everything
+from warmfed_flwr.trust import dp
 
 WARM_START = ("warmfed", "fgl")
 """Algorithms run by WarmFedStrategy. FGL has no strategy of its own: it is WarmFed with the settings in
-config.FGL_DIFFERENCES, which resolve() applies for algorithm = fgl."""
+config.loading.FGL_DIFFERENCES, which resolve() applies for algorithm = fgl."""
 PLAIN = {"fedavg": FedAvgStrategy, "fedprox": FedProxStrategy, "local": LocalOnlyStrategy}
 
 
@@ -33,7 +37,7 @@ def build_strategy(cfg: ExperimentConfig, benchmark: Benchmark, recorder: RunRec
     common = {"cfg": cfg, "recorder": recorder, "num_rounds": num_server_rounds(cfg), "initial_parameters": initial}
     if cfg.algorithm in WARM_START:
         from strategies.warmfed import WarmFedStrategy
-        from warmfed_flwr.warmstart import SyntheticWarmStart
+        from warmfed_flwr.methods.warmstart import SyntheticWarmStart
 
         warm_start = SyntheticWarmStart(cfg, benchmark.class_names, device, cache_dir(cfg), recorder.directory)
         tests = {client.name: client.test for client in benchmark.clients} if cfg.synthesis.quality_check else {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from warmfed_flwr.config import DataConfig
+from warmfed_flwr.config.schema import DataConfig
 from warmfed_flwr.data import digits, imagefolder, loading
 from warmfed_flwr.data.cache_files import read_or_miss
 from warmfed_flwr.data.datasets import Benchmark, ClientSplit, ImageArrayDataset, ImageFileDataset

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch.utils.data import TensorDataset
 
-from warmfed_flwr.config import DataConfig
+from warmfed_flwr.config.schema import DataConfig
 from warmfed_flwr.data import camelyon, digits, domainnet, hub, imagefolder
 from warmfed_flwr.data.datasets import Benchmark, ClientSplit, ImageArrayDataset, as_tensor_dataset
 from warmfed_flwr.data.domain_clients import partition_domain_clients

@@ -2,7 +2,9 @@
 
 - ``pipeline``: ``load_pipeline`` (hub id or diffusers directory) and ``resolve_base`` ('tiny' -> shipped or
   cached foundation).
-- ``foundation``: the tiny foundation's ``FoundationSpec``, its cache (``ensure_foundation``) and build CLI.
+- ``foundation_spec``: the tiny foundation's recipe (``FoundationSpec``), its cache key and build record.
+- ``foundation``: its cache (``ensure_foundation``): built once per recipe under a lock, hash-checked on use.
+- ``foundation_cli``: ``warmfed-build-foundation``, which builds it ahead of a run and exports it to ship.
 - ``tokenizer``, ``tiny_architecture``: its byte-level CLIP tokenizer and its untrained pipeline from configs.
 - ``foundation_training``: its pretraining (VAE, then UNet + text encoder).
 - ``quality``: ``foundation_quality`` (class fidelity, train-on-synthetic/test-on-real) and ``split_holdout``.
@@ -14,7 +16,8 @@
 - ``synthesis``: batched, seeded generation of a labelled set, its disk cache and preview grids.
 """
 
-from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation
+from warmfed_flwr.generative.foundation import ensure_foundation
+from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.lora import (
     adapter_bytes,
     adapter_schema,

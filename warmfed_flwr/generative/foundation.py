@@ -1,4 +1,5 @@
-"""The embedded "tiny" foundation generator: its build recipe, its cache and the ``warmfed-build-foundation`` CLI.
+"""The embedded "tiny" foundation generator's cache: built once per recipe (:class:`FoundationSpec`) under a file
+lock, hash-checked on every use.
 
 No hub download is needed: ``build_tiny_pipeline`` creates the pipeline from configs, ``pretrain_foundation``
 trains it on a public image pool (MNIST digits by default) and ``foundation_quality`` scores it; the result is
@@ -7,87 +8,34 @@ saved in diffusers format under the cache directory and loaded through the same 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
-import torch
-import transformers
 from filelock import FileLock, Timeout
 
-from warmfed_flwr.config import GeneratorConfig
-from warmfed_flwr.data import default_cache_dir, load_public_pool
+from warmfed_flwr.data import load_public_pool
+from warmfed_flwr.generative.foundation_spec import (
+    ARCHITECTURE,
+    RECORD,
+    FoundationSpec,
+    file_hashes,
+    foundation_key,
+    library_versions,
+    sha256_file,
+)
 from warmfed_flwr.generative.foundation_training import pretrain_foundation
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE
 from warmfed_flwr.generative.quality import foundation_quality, split_holdout
 from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
-from warmfed_flwr.training import resolve_device
+from warmfed_flwr.learning.training import resolve_device
 
 logger = logging.getLogger(__name__)
-
-ARCHITECTURE = "tiny-sd-v2"
-"""Bumped whenever the tiny architecture or its training recipe changes, so stale caches are not reused."""
-RECORD = "quality.json"
-"""The build record in a cached foundation: recipe, quality figures and the sha256 of every other file."""
-
-
-@dataclass(frozen=True)
-class FoundationSpec:
-    """Every knob of the tiny foundation build; its hash names the cache directory."""
-
-    steps: int = GeneratorConfig().foundation_steps
-    source: str = "digits"
-    image_size: int = 32
-    seed: int = 0
-    lr: float = 1e-3
-    batch_size: int = 32
-    vae_steps: int = 1200
-    vae_photo_crops: int = 1600
-    vae_lr: float = 2e-3
-    vae_kl_weight: float = 1e-6
-    uncond_prob: float = 0.1
-    warmup_steps: int = 50
-    holdout_fraction: float = 0.2
-    quality_images_per_class: int = 50
-    quality_steps: int = 10
-    quality_guidance: float = 3.0
-
-
-def foundation_key(spec: FoundationSpec, template: str = DEFAULT_TEMPLATE) -> str:
-    """A short sha256 of the architecture version, the spec and the prompt template the text encoder learns."""
-    payload = json.dumps({"arch": ARCHITECTURE, "spec": dataclasses.asdict(spec), "template": template}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def library_versions() -> dict[str, str]:
-    """The Python, torch, diffusers and transformers versions of this process."""
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__}
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_hashes(directory: Path) -> dict[str, str]:
-    """The sha256 of every file a built foundation holds (weights and configs), by path relative to ``directory``."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != RECORD)
-    return {path.relative_to(directory).as_posix(): sha256_file(path) for path in files}
 
 
 def cache_problem(directory: Path) -> str | None:
@@ -178,46 +126,3 @@ def ensure_foundation(spec: FoundationSpec, cache_dir: Path, template: str = DEF
     finally:
         lock.release()
     return target
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console script ``warmfed-build-foundation``: build the tiny foundation ahead of a run and print its quality.
-
-    ``--export DIR`` then copies it (safetensors only) with a ``model_card.json`` into DIR, the way
-    ``warmfed_flwr/generative/tiny_foundation`` ships inside the package.
-    """
-    from warmfed_flwr.generative.shipped import export_foundation
-
-    defaults = FoundationSpec()
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="UNet + text encoder training steps")
-    parser.add_argument("--source", default=defaults.source, help="'digits' or an ImageFolder path")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: the project cache)")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template with {label}")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--export", type=Path, default=None, metavar="DIR",
-                        help="also export it with a model card into DIR (e.g. warmfed_flwr/generative/tiny_foundation)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.cache_dir is None:
-        args.cache_dir = default_cache_dir()
-    spec = dataclasses.replace(defaults, steps=args.steps, source=args.source, image_size=args.image_size,
-                               seed=args.seed)
-    path = ensure_foundation(spec, args.cache_dir, args.template)
-    record = json.loads((path / RECORD).read_text())
-    quality = record["quality"]
-    print(f"foundation: {path}")
-    print(f"build seconds: {record['build_seconds']:.0f}")
-    print(f"class fidelity (mean): {100 * quality['class_fidelity_mean']:.1f}%")
-    for name, accuracy in quality["class_fidelity"].items():
-        print(f"  {name}: {100 * accuracy:.1f}%")
-    print(f"train-on-synthetic / test-on-real: {100 * quality['train_synthetic_test_real_acc']:.1f}%")
-    print(f"train-on-real / test-on-real: {100 * quality['train_real_test_real_acc']:.1f}%")
-    if args.export is not None:
-        card = export_foundation(path, args.export)
-        print(f"exported: {args.export} ({len(card['files'])} files + model_card.json)")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
@@ -19,13 +19,11 @@ from warmfed_flwr.generative.diffusion import (
     noise_prediction_loss,
     sample_latents,
 )
+from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.images import training_images
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts
-from warmfed_flwr.progress import progress_bar
-from warmfed_flwr.training import resolve_device
-
-if TYPE_CHECKING:
-    from warmfed_flwr.generative.foundation import FoundationSpec
+from warmfed_flwr.learning.training import resolve_device
+from warmfed_flwr.records.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

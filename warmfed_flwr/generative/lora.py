@@ -28,12 +28,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from torch.utils.data import Dataset, Subset
 
-from warmfed_flwr.config import LoraConfig
+from warmfed_flwr.config.schema import LoraConfig
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss
 from warmfed_flwr.generative.images import training_batches
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
-from warmfed_flwr.progress import progress_bar
+from warmfed_flwr.records.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

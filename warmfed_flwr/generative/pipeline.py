@@ -12,9 +12,10 @@ from diffusers.pipelines import pipeline_utils
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from warmfed_flwr.config import GeneratorConfig
+from warmfed_flwr.config.schema import GeneratorConfig
 from warmfed_flwr.errors import GeneratorError
-from warmfed_flwr.generative.foundation import FoundationSpec, ensure_foundation
+from warmfed_flwr.generative.foundation import ensure_foundation
+from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.shipped import shipped_foundation
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import logging
 import torch
 from diffusers import StableDiffusionPipeline
 
-from warmfed_flwr.config import GeneratorConfig
+from warmfed_flwr.config.schema import GeneratorConfig
 from warmfed_flwr.errors import GeneratorError
 
 logger = logging.getLogger(__name__)

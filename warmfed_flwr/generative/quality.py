@@ -10,12 +10,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch.utils.data import Dataset, TensorDataset
 
-from warmfed_flwr.config import ModelConfig
+from warmfed_flwr.config.schema import ModelConfig
 from warmfed_flwr.generative.images import dataset_tensors
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import synthesize
-from warmfed_flwr.models import seeded_model
-from warmfed_flwr.training import evaluate, predict_logits, resolve_device, train_epochs
+from warmfed_flwr.learning.models import seeded_model
+from warmfed_flwr.learning.training import evaluate, predict_logits, resolve_device, train_epochs
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 
 from warmfed_flwr.data import digits, photos
 from warmfed_flwr.errors import GeneratorError
-from warmfed_flwr.generative.foundation import (
+from warmfed_flwr.generative.foundation_spec import (
     ARCHITECTURE,
     RECORD,
     FoundationSpec,

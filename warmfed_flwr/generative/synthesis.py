@@ -20,7 +20,7 @@ from torchvision.utils import save_image
 from warmfed_flwr.data.cache_files import ArrayCheck, load_npz, require_arrays, save_npz_atomic
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative.prompts import prompt_embeddings
-from warmfed_flwr.progress import progress_bar
+from warmfed_flwr.records.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from warmfed_flwr.records.results import strict_json
 from warmfed_flwr.report.collect import ReportInputError, collect
 from warmfed_flwr.report.document import date_span, default_title, distinct, render
 from warmfed_flwr.report.figures import write_figures
 from warmfed_flwr.report.paired import paired_differences, report_pairs
-from warmfed_flwr.results import strict_json
 
 PROG = "warmfed-report"
 

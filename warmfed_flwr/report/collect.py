@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from warmfed_flwr.errors import WarmFedError
-from warmfed_flwr.results import SYNTHETIC_QUALITY_PREFIX
+from warmfed_flwr.records.results import SYNTHETIC_QUALITY_PREFIX
 
 MARKER = "compare-run.json"
 """What benchmarks/compare.py records next to a run's metrics.json: exit code, wall seconds, command, machine."""

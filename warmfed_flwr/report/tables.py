@@ -5,9 +5,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from warmfed_flwr.records.results import AUDIT_COLUMNS
 from warmfed_flwr.report.collect import by_variant, finite, is_personal, ok_records
 from warmfed_flwr.report.paired import paired_table
-from warmfed_flwr.results import AUDIT_COLUMNS
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

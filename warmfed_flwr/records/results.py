@@ -16,14 +16,14 @@ from typing import Any
 
 import yaml
 
-from warmfed_flwr.tracking import Tracker, open_tracker
+from warmfed_flwr.records.tracking import Tracker, open_tracker
 
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_QUALITY_PREFIX = "synthetic_quality_"
 """Round-0 metric per client: a classifier trained on its synthetic images, accuracy on its real test split."""
 PRIVACY_AUDIT_PREFIX = "audit_"
-"""Fit metrics a client reports from its privacy audit (warmfed_flwr/privacy_audit.py), kept per client."""
+"""Fit metrics a client reports from its privacy audit (warmfed_flwr/trust/privacy_audit.py), kept per client."""
 AUDIT_COLUMNS = {"pixel closer-share": "audit_pixel_closer_share",
                  "pixel near-copy": "audit_pixel_near_copy_share",
                  "feature closer-share": "audit_feature_closer_share",
@@ -67,7 +67,7 @@ class RunRecorder:
     privacy_audit: dict[str, dict[str, float]] = field(default_factory=dict)
     """Each client's privacy-audit metrics, by client name."""
     privacy_budget: dict[str, Any] = field(default_factory=dict)
-    """A DP run's (epsilon, delta) and how it was accounted (warmfed_flwr/dp.py); empty without DP."""
+    """A DP run's (epsilon, delta) and how it was accounted (warmfed_flwr/trust/dp.py); empty without DP."""
     started: float = field(default_factory=time.perf_counter)
     tracker: Tracker | None = field(init=False, default=None)
     """Where tracking.backend sends the rounds and stage times (None: nowhere)."""

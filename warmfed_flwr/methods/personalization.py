@@ -21,8 +21,8 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import Dataset
 
-from warmfed_flwr.config import PersonalizationConfig
-from warmfed_flwr.training import Objective, cross_entropy, predict_logits, proximal_term, train_epochs
+from warmfed_flwr.config.schema import PersonalizationConfig
+from warmfed_flwr.learning.training import Objective, cross_entropy, predict_logits, proximal_term, train_epochs
 
 POOL_SIZE = 2
 """How many rounds of logits DSD keeps (rounds t-1 and t-2)."""

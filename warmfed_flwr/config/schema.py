@@ -279,9 +279,9 @@ class PrivacyConfig(Section):
                               "private train and test splits; only scalars come back",
                               json_schema_extra=used_when("algorithm", GENERATIVE_ALGORITHMS))
     noise_multiplier: float = Field(0.0, ge=0, description="0 = off; >0: local differential privacy on every "
-                                    "upload (warmfed_flwr/dp.py): each clipped part gets Gaussian noise of std this x "
-                                    "its clip norm, drawn from the client's own secret (node config dp-secret, else "
-                                    "random); the run reports its (epsilon, privacy.delta) (docs/privacy.md). The "
+                                    "upload (warmfed_flwr/trust/dp.py): each clipped part gets Gaussian noise of std "
+                                    "this x its clip norm, drawn from the client's own secret (node config dp-secret, "
+                                    "else random); the run reports its (epsilon, privacy.delta) (docs/privacy.md). The "
                                     "server refuses noisy round-0 uploads from "
                                     "about 0.2 (default clip norms): then raise synthesis.max-embedding-norm-factor "
                                     "above ~2 x this x privacy.embedding-clip-norm and set "
@@ -375,7 +375,8 @@ class ExperimentConfig(Section):
     experiment: str = Field("warmfed", description="the experiment YAML: a name under conf/ or an absolute path")
     algorithm: Algorithm = Field(
         "warmfed", description="warmfed: generative warm start + globalization; fgl: warmfed with FGL_DIFFERENCES "
-        "(config.py); fedavg, fedprox: classic baselines; local: no federation; centralized: pooled-data reference")
+        "(config/loading.py); fedavg, fedprox: classic baselines; local: no federation; centralized: pooled-data "
+        "reference")
     seed: int = Field(0, ge=0, description="seed of every random choice")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when visible")
     output_dir: str = Field("~/warmfed-runs", description="absolute (or ~); each run writes "

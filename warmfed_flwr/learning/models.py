@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from warmfed_flwr.config import ModelConfig
+from warmfed_flwr.config.schema import ModelConfig
 from warmfed_flwr.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -12,8 +12,8 @@ import dp_accounting
 import numpy as np
 from dp_accounting.rdp import RdpAccountant
 
-from warmfed_flwr import protocol
-from warmfed_flwr.config_schema import GENERATIVE_ALGORITHMS, UPLOADING_ALGORITHMS, ExperimentConfig
+from warmfed_flwr.config.schema import GENERATIVE_ALGORITHMS, UPLOADING_ALGORITHMS, ExperimentConfig
+from warmfed_flwr.wire import protocol
 
 CLIPPED_METRIC = "dp_clipped"
 """Fit metric key: 1 when DP clipping scaled any part of the upload down, else 0 (sent only while DP is on)."""

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from warmfed_flwr import protocol
 from warmfed_flwr.errors import ConfigError, PayloadError
+from warmfed_flwr.wire import protocol
 
 FORMAT = "warmfed-bundle/1"
 ALLOWED_DTYPES = frozenset({"float32", "float16", "int64", "int32", "uint8", "bool"})

@@ -1,6 +1,6 @@
 """Experiment configuration: YAML under conf/ and Flower run-config overrides, validated against the schema.
 
-Every key, its default, range and meaning lives in ``warmfed_flwr/config_schema.py`` (rendered to docs/config.md);
+Every key, its default, range and meaning lives in ``warmfed_flwr/config/schema.py`` (rendered to docs/config.md);
 this module resolves an experiment into an ``ExperimentConfig`` and reports a bad key in one line.
 """
 
@@ -16,35 +16,17 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from warmfed_flwr.config_schema import (
-    Algorithm,
-    DataConfig,
+from warmfed_flwr.config.schema import (
     ExperimentConfig,
-    FaultConfig,
-    GeneratorConfig,
-    LoraConfig,
-    ModelConfig,
-    Personalization,
-    PersonalizationConfig,
     Section,
-    SynthesisConfig,
-    TrainConfig,
-    WarmFedConfig,
     flatten,
     kebab,
 )
 from warmfed_flwr.errors import ConfigError
 
-__all__ = [
-    "CONF_DIR", "FGL_DIFFERENCES", "KEYS_DOC", "UNSET", "Algorithm", "ConfigError", "DataConfig", "ExperimentConfig",
-    "FaultConfig", "GeneratorConfig", "LoraConfig", "ModelConfig", "Personalization", "PersonalizationConfig",
-    "SynthesisConfig", "TrainConfig", "WarmFedConfig", "bounds", "build", "interval", "key_is_used", "load_yaml",
-    "resolve", "schema", "schema_fields", "usage_conditions",
-]
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 KEYS_DOC = "docs/config.md"
-"""Where every key, its default, range and meaning is listed (written by ``python -m warmfed_flwr.config_keys``)."""
+"""Where every key, its default, range and meaning is listed (written by ``python -m warmfed_flwr.config.keys``)."""
 UNSET = ""
 """The pyproject default of every override key: "take the experiment YAML's value"."""
 
@@ -103,6 +85,17 @@ def interval(found: dict[str, float]) -> str:
     low = f"({found['gt']:g}" if "gt" in found else f"[{found['ge']:g}" if "ge" in found else "(-inf"
     high = f"{found['lt']:g})" if "lt" in found else f"{found['le']:g}]" if "le" in found else "inf)"
     return f"{low}, {high}"
+
+
+def absolute_path(key: str, value: str) -> Path:
+    """``value`` as an absolute path (``~`` expanded); a relative path is refused, naming ``key``."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(
+            f"config key '{key}' = '{value}' must be an absolute path (or start with ~): Flower runs the app "
+            "from its own install directory"
+        )
+    return path
 
 
 def key_is_used(cfg: ExperimentConfig, key: str) -> bool:

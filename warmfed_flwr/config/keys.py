@@ -1,6 +1,6 @@
 """Keep pyproject.toml's run-config keys and docs/config.md in step with the config schema.
 
-``python -m warmfed_flwr.config_keys --check`` prints one line per difference and exits 1 (0 when in step);
+``python -m warmfed_flwr.config.keys --check`` prints one line per difference and exits 1 (0 when in step);
 ``--write`` rewrites the ``[tool.flwr.app.config]`` block and docs/config.md from the schema.
 """
 
@@ -16,15 +16,15 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from warmfed_flwr.config import KEYS_DOC, UNSET, bounds, interval, schema, schema_fields, usage_conditions
-from warmfed_flwr.config_schema import ExperimentConfig, Section
+from warmfed_flwr.config.loading import KEYS_DOC, UNSET, bounds, interval, schema, schema_fields, usage_conditions
+from warmfed_flwr.config.schema import ExperimentConfig, Section
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 DOC = ROOT / KEYS_DOC
 TABLE = "[tool.flwr.app.config]"
 DEFAULT_EXPERIMENT = "warmfed"
-WRITE_COMMAND = "python -m warmfed_flwr.config_keys --write"
+WRITE_COMMAND = "python -m warmfed_flwr.config.keys --write"
 
 
 def render_block() -> str:
@@ -88,7 +88,7 @@ def render_doc() -> str:
     lines = [
         "# Config keys",
         "",
-        f"<!-- Written by `{WRITE_COMMAND}` from warmfed_flwr/config_schema.py; edit the schema, not this file. -->",
+        f"<!-- Written by `{WRITE_COMMAND}` from warmfed_flwr/config/schema.py; edit the schema, not this file. -->",
         "",
         "Every key an experiment YAML under `conf/` or `flwr run . --run-config \"section.key=value\"` can set, with",
         "its default. A YAML states only what differs from these defaults; an unknown key, a wrong type or a value",
@@ -128,7 +128,7 @@ def check(pyproject_text: str, doc_text: str | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Check (exit 1 on any difference) or write pyproject.toml's run-config table and docs/config.md."""
-    parser = argparse.ArgumentParser(prog="python -m warmfed_flwr.config_keys", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m warmfed_flwr.config.keys", description=__doc__)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true", help="report keys out of step with the schema; exit 1 if any")
     mode.add_argument("--write", action="store_true", help="rewrite the pyproject table and docs/config.md")

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
-from warmfed_flwr.config import ExperimentConfig
+from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import Benchmark
-from warmfed_flwr.models import seeded_model
-from warmfed_flwr.training import get_weights, train_epochs
+from warmfed_flwr.learning.models import seeded_model
+from warmfed_flwr.learning.training import get_weights, train_epochs
 
 
 class CentralizedTrainer:

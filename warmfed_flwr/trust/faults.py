@@ -18,9 +18,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from warmfed_flwr import protocol
-from warmfed_flwr.config import ExperimentConfig
-from warmfed_flwr.updates import scale_update
+from warmfed_flwr.config.schema import ExperimentConfig
+from warmfed_flwr.wire import protocol
+from warmfed_flwr.wire.updates import scale_update
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from warmfed_flwr.config.loading import absolute_path
 from warmfed_flwr.errors import ConfigError
-from warmfed_flwr.runtime import absolute_path
 
 KEY = "train.identity-file"
 

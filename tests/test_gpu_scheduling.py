@@ -3,7 +3,7 @@
 Ray schedules GPUs as logical resources: ``init_args`` num_gpus declares them, ``client_resources`` num_gpus is each
 client actor's share, and Ray writes the ids it assigned into the actor's CUDA_VISIBLE_DEVICES. These tests run a
 probe ClientApp (not WarmFed) through Flower's simulation engine, configured by the same ``--federation-config``
-strings the README gives, and check the placement its GPU preset relies on (including that the GPUs past
+strings of docs/gpu-and-paper-scale.md, and check the placement its GPU preset relies on (including that GPUs past
 ``init-args-num-gpus`` stay out of Ray's pool for the server) and what ``resolve_device('auto')`` picks in an actor.
 """
 

@@ -47,7 +47,8 @@ class DataConfig(Section):
     source: Literal["digits", "imagefolder", "hub", "camelyon17", "domainnet"] = Field(
         "digits", description="digits: the offline benchmark; imagefolder: root/domain/class/image; hub: a Hugging "
         "Face dataset (data.hub-id); camelyon17: WILDS camelyon17_v1.0; domainnet: DomainNet with its split files")
-    path: str = Field("", description="dataset root: imagefolder tree, WILDS camelyon17_v1.0 or DomainNet (README)")
+    path: str = Field("", description="dataset root: imagefolder tree, WILDS camelyon17_v1.0 or DomainNet "
+                      "(docs/data.md)")
     hub_id: str = Field("", description="the Hugging Face dataset id, for data.source = hub")
     hub_config: str = Field("", description="the hub dataset's config (subset) name; \"\" = its default")
     hub_image_column: str = Field("image", description="the hub dataset's image column")

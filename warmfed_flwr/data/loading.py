@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DOMAINS = DataConfig().domain_list()
 FOLDER_LAYOUTS = {
     "imagefolder": "a <root>/<domain>/<class>/<image> tree",
-    "camelyon17": "the WILDS camelyon17_v1.0 folder (see the README)",
-    "domainnet": "the DomainNet root with its split files (see the README)",
+    "camelyon17": "the WILDS camelyon17_v1.0 folder (see docs/data.md)",
+    "domainnet": "the DomainNet root with its split files (see docs/data.md)",
 }
 """What ``data.path`` must hold for each source read from a folder."""
 

@@ -25,7 +25,7 @@ class KnownDataset:
 
 KNOWN_DATASETS: dict[str, KnownDataset] = {
     "digits": KnownDataset(10, {"mnist": 1500, "digits": 1797, "fonts": 1500, "mnistm": 1500},
-                           "this project's offline digits benchmark (README, Data)"),
+                           "this project's offline digits benchmark (docs/data.md)"),
     "office_caltech10": KnownDataset(
         10, {"amazon": 958, "caltech": 1123, "dslr": 157, "webcam": 295},
         "Office-Caltech10 (Gong et al., CVPR 2012; as used by FedBN): 2,533 images"),

@@ -42,6 +42,7 @@ SUITES: dict[str, dict[str, dict[str, Any]]] = {
         "WarmFed + pFedSD": {"algorithm": "warmfed", "personalization.method": "pfedsd"},
         "WarmFed + Ditto": {"algorithm": "warmfed", "personalization.method": "ditto"},
         "WarmFed + FedBN": {"algorithm": "warmfed", "personalization.method": "fedbn"},
+        "FedAvg + fine-tuning": {"algorithm": "fedavg", "personalization.method": "finetune"},
         "Local only": {"algorithm": "local"},
     },
     "privacy": {

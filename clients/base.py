@@ -136,6 +136,9 @@ class FederatedClient(NumPyClient):
             anchor = build_model(self.cfg.model, len(self.class_names))
             set_weights(anchor, global_weights)
             metrics = personalization.train_ditto(student, list(anchor.parameters()), self.split.train, p, **kwargs)
+        elif method == "finetune":
+            set_weights(student, global_weights)
+            metrics = personalization.train_finetune(student, self.split.train, p, **kwargs)
         else:
             set_weights(student, global_weights)
             pool = personalization.LogitPool.from_arrays(load_arrays(self.context, POOL) or {})

@@ -5,7 +5,6 @@ strategies/reports.py), and aggregates by train.aggregation, train.example-weigh
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,6 +26,7 @@ from strategies import robust
 from strategies.availability import ClientWait, missing_clients
 from strategies.reports import client_compute_record, evaluation_record, fit_record, one_line, parameters_bytes
 from warmfed_flwr.config.schema import ExperimentConfig
+from warmfed_flwr.records.progress import Heartbeat
 from warmfed_flwr.records.results import RunRecorder
 from warmfed_flwr.runtime import one_line_errors
 from warmfed_flwr.trust.identity import claim_refusal, load_identities
@@ -66,7 +66,8 @@ class RecordingFedAvg(FedAvg):
         self.cfg = cfg
         self.recorder = recorder
         self.num_rounds = num_rounds
-        self._fit_started = self._eval_started = time.perf_counter()
+        self.fit_wait, self.eval_wait = Heartbeat(), Heartbeat()
+        """The server's waits on client replies, logged every 30 s while they last."""
         self.global_weights: list[np.ndarray] = []
         """The global model sent in the current round: what clients' updates are measured (and clipped) against."""
         self.global_schema: list[tuple[tuple[int, ...], str]] = []
@@ -136,7 +137,7 @@ class RecordingFedAvg(FedAvg):
             "bytes_down": sum(down),
             "bytes_down_per_client": max(down, default=0),
         })
-        self._fit_started = time.perf_counter()
+        self.fit_wait.start(f"round {self.algorithm_round(server_round)}: waiting for {len(pairs)} client(s) to train")
         return pairs
 
     def check_upload(self, server_round: int, client: str, res: FitRes) -> Any:
@@ -203,7 +204,7 @@ class RecordingFedAvg(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """The valid client weights, clipped and aggregated (:meth:`aggregate_uploads`); the previous model when too few
         are valid."""
-        self.recorder.add_time("client_rounds", time.perf_counter() - self._fit_started)
+        self.recorder.add_time("client_rounds", self.fit_wait.stop())
         accepted = self.screen_fit(server_round, results, failures)
         if not self.enough_uploads(server_round, accepted):
             return None, {}
@@ -246,16 +247,18 @@ class RecordingFedAvg(FedAvg):
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
         """Evaluate on every connected client (:meth:`await_clients`), sampled for training or not."""
         self.await_clients(server_round, client_manager, "evaluation")
-        self._eval_started = time.perf_counter()
-        config = {protocol.ROUND: self.algorithm_round(server_round)}
-        return [(client, EvaluateIns(ins.parameters, {**ins.config, **config}))
-                for client, ins in super().configure_evaluate(server_round, parameters, client_manager)]
+        algo_round = self.algorithm_round(server_round)
+        config = {protocol.ROUND: algo_round}
+        pairs = [(client, EvaluateIns(ins.parameters, {**ins.config, **config}))
+                 for client, ins in super().configure_evaluate(server_round, parameters, client_manager)]
+        self.eval_wait.start(f"round {algo_round}: waiting for {len(pairs)} client(s) to evaluate")
+        return pairs
 
     def aggregate_evaluate(
         self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: Failures
     ) -> tuple[float | None, dict[str, Scalar]]:
         """Per-domain and pooled global accuracy, and personalized accuracy over clients."""
-        self.recorder.add_time("evaluation", time.perf_counter() - self._eval_started)
+        self.recorder.add_time("evaluation", self.eval_wait.stop())
         algo_round = self.algorithm_round(server_round)
         valid = self.screen_evaluate(algo_round, results)
         per_domain = self.cfg.data.clients_per_domain if self.cfg.data.partition == "domain" else 1

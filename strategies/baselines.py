@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flwr.common import EvaluateIns, FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters
@@ -33,7 +32,7 @@ class LocalOnlyStrategy(RecordingFedAvg):
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Record the round and keep the server's parameters unchanged."""
-        self.recorder.add_time("client_rounds", time.perf_counter() - self._fit_started)
+        self.recorder.add_time("client_rounds", self.fit_wait.stop())
         self.screen_fit(server_round, results, failures)
         return None, {}
 
@@ -49,9 +48,9 @@ class CentralizedStrategy(RecordingFedAvg):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Train one round on pooled data on the server; no client trains."""
-        started = time.perf_counter()
-        self.trainer.train_round(server_round)
-        self.recorder.add_time("centralized_training", time.perf_counter() - started)
+        algo_round = self.algorithm_round(server_round)
+        with self.recorder.timed("centralized_training", f"round {algo_round}: centralized training"):
+            self.trainer.train_round(server_round)
         self.recorder.record_round(self.algorithm_round(server_round), {"bytes_down": 0, "bytes_up": 0})
         return []
 

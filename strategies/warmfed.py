@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -152,7 +151,7 @@ class WarmFedStrategy(RecordingFedAvg):
         empty = ndarrays_to_parameters(payload.encode({}))
         self.recorder.record_round(0, {"clients_sampled": len(clients), "bytes_down": 0, "bytes_down_per_client": 0})
         self.sampled = [client.cid for client in clients]
-        self._fit_started = time.perf_counter()
+        self.fit_wait.start(f"round 0: waiting for {len(clients)} client(s) to fine-tune their LoRA adapters")
         return [(client, FitIns(empty, self.fit_config(server_round))) for client in clients]
 
     def ask_client_names(self, available: dict[str, ClientProxy]) -> dict[str, str]:
@@ -177,7 +176,7 @@ class WarmFedStrategy(RecordingFedAvg):
         """Round 0: warm start from the valid uploads. Later: clipped and aggregated as the base strategy does (the
         ensemble target sees the clipped uploads), then server fine-tuning."""
         stage = "client_lora" if server_round == 1 else "client_rounds"
-        self.recorder.add_time(stage, time.perf_counter() - self._fit_started)
+        self.recorder.add_time(stage, self.fit_wait.stop())
         if server_round == 1:
             self.round_zero_schema()
         accepted = self.screen_fit(server_round, results, failures)
@@ -188,11 +187,10 @@ class WarmFedStrategy(RecordingFedAvg):
             return None, {}
         accepted = self.clip_updates(server_round, accepted)
         aggregated, metrics = self.aggregate_uploads(server_round, accepted)
-        started = time.perf_counter()
         uploads = [parameters_to_ndarrays(upload.res.parameters) for upload in accepted]
-        weights = self.warm_start.finetune(parameters_to_ndarrays(aggregated), self.algorithm_round(server_round),
-                                           uploads)
-        self.recorder.add_time("server_finetune", time.perf_counter() - started)
+        algo_round = self.algorithm_round(server_round)
+        with self.recorder.timed("server_finetune", f"round {algo_round}: server fine-tuning"):
+            weights = self.warm_start.finetune(parameters_to_ndarrays(aggregated), algo_round, uploads)
         return ndarrays_to_parameters(weights), metrics
 
     def check_upload(self, server_round: int, client: str, res: FitRes) -> Any:
@@ -270,19 +268,16 @@ class WarmFedStrategy(RecordingFedAvg):
                 f"fewer than train.min-fit-clients = {self.min_fit_clients}; the failures and refusals are the events "
                 f"in {self.recorder.directory / 'metrics.json'}"
             )
-        started = time.perf_counter()
-        synthetic = self.warm_start.build_synthetic(sorted(((u.client, u.content) for u in accepted),
-                                                           key=lambda u: u[0]))
-        self.warm_start.release_generator()
-        self.recorder.add_time("synthesis", time.perf_counter() - started)
-        started = time.perf_counter()
-        weights = self.warm_start.train_warm_start()
-        self.recorder.add_time("warm_start_training", time.perf_counter() - started)
+        with self.recorder.timed("synthesis", "round 0: synthesis"):
+            synthetic = self.warm_start.build_synthetic(sorted(((u.client, u.content) for u in accepted),
+                                                               key=lambda u: u[0]))
+            self.warm_start.release_generator()
+        with self.recorder.timed("warm_start_training", "round 0: warm-start training"):
+            weights = self.warm_start.train_warm_start()
         quality = {}
         if self.quality_tests:
-            started = time.perf_counter()
-            quality = self.warm_start.synthetic_quality(self.quality_tests)
-            self.recorder.add_time("synthetic_quality", time.perf_counter() - started)
+            with self.recorder.timed("synthetic_quality", "round 0: synthetic-quality check"):
+                quality = self.warm_start.synthetic_quality(self.quality_tests)
         self.recorder.record_round(0, {
             "clients_accepted": len(accepted),
             "synthetic_images": len(synthetic.labels),

@@ -1,5 +1,6 @@
 """The Flower app end to end through `flwr run` on a private simulation SuperLink."""
 
+import re
 import statistics
 from pathlib import Path
 
@@ -13,11 +14,14 @@ from warmfed_flwr.data import load_clients
 from warmfed_flwr.runtime import cache_dir
 
 DOMAINS = ["mnist", "digits", "fonts", "mnistm"]
+PROGRESS_SECONDS = 1
+"""The runs' progress-line interval (WARMFED_PROGRESS_INTERVAL; 30 s by default), short so tiny stages show it."""
 
 
 @pytest.fixture(scope="module")
 def simulation(tmp_path_factory):
     procs = Processes(tmp_path_factory.mktemp("flwr-home"))
+    procs.env["WARMFED_PROGRESS_INTERVAL"] = str(PROGRESS_SECONDS)
     start_superlink(procs, simulation=True)
     yield procs
     procs.stop()
@@ -112,3 +116,19 @@ def test_tiny_warmfed_with_dsd_through_flwr_run(simulation, tmp_path, shared_cac
     assert rounds[2]["dsd_share_t1"] == 1.0, "with one pooled round the only teacher is round t-1"
     assert {f"synthetic_{d}.png" for d in DOMAINS} <= {p.name for p in run.iterdir()}
     assert {"client_lora", "synthesis", "warm_start_training", "server_finetune"} <= set(metrics["time_seconds"])
+    assert_log_readable(done.stdout + done.stderr, metrics)
+
+
+def assert_log_readable(log: str, metrics: dict) -> None:
+    """The streamed log shows the server's wait on the clients' LoRA fine-tuning every PROGRESS_SECONDS, repeats no
+    warning, and names rounds by the algorithm rounds metrics.json records."""
+    waited = [int(s) for s in re.findall(r"round 0: waiting for 4 client\(s\) to fine-tune their LoRA adapters: "
+                                         r"(\d+) s so far", log)]
+    lora_seconds = metrics["time_seconds"]["client_lora"]
+    assert lora_seconds >= 2 * PROGRESS_SECONDS, lora_seconds
+    assert len(waited) >= lora_seconds // PROGRESS_SECONDS - 1 and waited == sorted(waited), (waited, lora_seconds)
+    warnings = [line.strip() for line in log.splitlines() if "warn" in line.lower()]
+    repeated = {line for line in warnings if warnings.count(line) > 1}
+    assert not repeated, repeated
+    recorded = {row["round"] for row in metrics["rounds"]}
+    assert {int(r) for r in re.findall(r"\bround (\d+)\b", log)} <= recorded

@@ -197,6 +197,7 @@ def test_a_resumed_server_names_its_checkpoint_round_and_a_fresh_one_names_none(
     {"personalization.method": "dsd"},
     {"algorithm": "fedavg", "personalization.method": "fedbn"},
     {"algorithm": "fedavg", "personalization.method": "ditto"},
+    {"algorithm": "fedavg", "personalization.method": "finetune"},
 ])
 def test_personalized_and_local_runs_may_resume(overrides):
     assert resolve({**overrides, "run-name": "r", "resume": True}).resume is True

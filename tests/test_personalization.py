@@ -1,4 +1,4 @@
-"""Tests of DSD, pFedSD, Ditto and FedBN personalization (warmfed_flwr.methods.personalization)."""
+"""Tests of DSD, pFedSD, Ditto, FedBN and fine-tuning personalization (warmfed_flwr.methods.personalization)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from warmfed_flwr.methods.personalization import (
     select_teachers,
     train_ditto,
     train_dsd,
+    train_finetune,
     train_pfedsd,
 )
 
@@ -279,6 +280,20 @@ def test_ditto_large_lambda_stays_close_to_global() -> None:
     assert m_free["ditto_distance"] > 0
     with pytest.raises(ValueError):
         train_ditto(free, anchors[:-1], data, PersonalizationConfig(), **TRAIN)
+
+
+def test_finetune_is_plain_cross_entropy_training_of_the_global_model_for_the_configured_epochs() -> None:
+    data = _dataset()
+    tuned, reference = _model(), _model()
+    metrics = train_finetune(tuned, data, PersonalizationConfig(epochs=2), **TRAIN)
+    loss = train_epochs(reference, data, epochs=2, **TRAIN)
+    assert metrics["train_loss"] == pytest.approx(loss)
+    for got, want in zip(tuned.state_dict().values(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want)
+    untouched = _model()
+    assert np.isnan(train_finetune(untouched, data, PersonalizationConfig(epochs=0), **TRAIN)["train_loss"])
+    for got, want in zip(untouched.state_dict().values(), _model().state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want)
 
 
 # ---- FedBN ---------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from warmfed_flwr.errors import ConfigError
 
 Algorithm = Literal["fedavg", "fedprox", "local", "centralized", "fgl", "warmfed"]
-Personalization = Literal["none", "dsd", "pfedsd", "ditto", "fedbn"]
+Personalization = Literal["none", "dsd", "pfedsd", "ditto", "fedbn", "finetune"]
 Fault = Literal["none", "raise", "hang", "exit", "nan", "wrong-shape", "extra-key", "oversize", "absurd-examples",
                 "scale", "sign-flip", "lie-examples", "swap-rows", "huge-adapter"]
 
@@ -319,7 +319,8 @@ class PersonalizationConfig(Section):
     model_config = ConfigDict(json_schema_extra=used_when("personalization.method", PERSONALIZING_METHODS))
 
     method: Personalization = Field("none", description="dsd: Dynamic Self-Distillation; pfedsd: teacher fixed to "
-                                    "the previous round; ditto; fedbn: BatchNorm layers stay local",
+                                    "the previous round; ditto; fedbn: BatchNorm layers stay local; finetune: "
+                                    "the round's global model fine-tuned on the client's train split",
                                     json_schema_extra=ALWAYS_USED)
     epochs: int = Field(1, ge=0, description="epochs each client trains its personalized model per round")
     dsd_lambda: float = Field(1.0, ge=0, description="weight of the distillation (KL) term")

@@ -296,6 +296,25 @@ def train_ditto(
     return {"train_loss": loss, "ditto_distance": distance}
 
 
+def train_finetune(
+    model: nn.Module,
+    train_set: Dataset,
+    cfg: PersonalizationConfig,
+    *,
+    lr: float,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+) -> dict[str, float]:
+    """Local fine-tuning, the simple personalization baseline: ``model`` (the round's global model) trained in place
+    on ``train_set`` with cross-entropy for ``cfg.epochs`` epochs."""
+    loss = train_epochs(model, train_set, epochs=cfg.epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
+                        momentum=momentum, weight_decay=weight_decay)
+    return {"train_loss": loss}
+
+
 def fedbn_local_keys(model: nn.Module) -> list[str]:
     """The state_dict keys of the model's BatchNorm layers, which FedBN keeps local (in state_dict order)."""
     local = set()

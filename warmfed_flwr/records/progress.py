@@ -4,15 +4,19 @@ and CI logs are files), so a long stage never runs silent."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
 from typing import Any
 
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-LOG_INTERVAL = 30.0
-"""Seconds between two progress log lines of one stage when the output is not a terminal."""
+LOG_INTERVAL = float(os.environ.get("WARMFED_PROGRESS_INTERVAL", "30"))
+"""Seconds between two progress log lines of one stage when the output is not a terminal (environment variable
+WARMFED_PROGRESS_INTERVAL, default 30)."""
 
 
 class _LogLines:
@@ -34,3 +38,36 @@ def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
         return tqdm(*args, **kwargs)
     kwargs.update(file=_LogLines(), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, ascii=True, ncols=80)
     return tqdm(*args, **kwargs)
+
+
+class Heartbeat:
+    """A stage spent waiting on other processes (clients training or evaluating): from :meth:`start` until
+    :meth:`stop`, a daemon thread logs "<label>: <N> s so far" every ``interval`` seconds, so the streamed log never
+    runs silent while the work happens where its own log lines do not reach."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = LOG_INTERVAL if interval is None else interval
+        self._started = time.perf_counter()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, label: str) -> None:
+        """Start timing ``label`` (stopping any previous wait) and log it every ``interval`` seconds."""
+        self.stop()
+        started, stopped = time.perf_counter(), threading.Event()
+
+        def beat() -> None:
+            while not stopped.wait(self.interval):
+                logger.info("%s: %.0f s so far", label, time.perf_counter() - started)
+
+        self._started, self._stopped = started, stopped
+        self._thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float:
+        """End the current wait; the seconds since :meth:`start`."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        return time.perf_counter() - self._started

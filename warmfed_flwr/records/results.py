@@ -9,13 +9,15 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from warmfed_flwr.records.progress import Heartbeat
 from warmfed_flwr.records.tracking import Tracker, open_tracker
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,16 @@ class RunRecorder:
     def add_time(self, stage: str, seconds: float) -> None:
         """Account ``seconds`` of wall-clock to ``stage``."""
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    @contextmanager
+    def timed(self, stage: str, label: str) -> Iterator[None]:
+        """Account the wall-clock of the ``with`` block to ``stage``, logging ``label`` every 30 s while it lasts."""
+        beat = Heartbeat()
+        beat.start(label)
+        try:
+            yield
+        finally:
+            self.add_time(stage, beat.stop())
 
     def event(self, kind: str, **details: Any) -> None:
         """Record a notable event (a refused upload, a failed client)."""

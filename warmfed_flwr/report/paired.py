@@ -37,8 +37,7 @@ GLOBAL_PAIRS = (
 """The comparisons a global report makes whenever both methods are in it (benchmarks/suites.py names)."""
 PERSONAL_PAIRS = tuple(Pair("WarmFed + DSD", peer) for peer in (
     "WarmFed + pFedSD", "WarmFed + Ditto", "WarmFed + FedBN", "FedAvg + fine-tuning", "Local only"))
-"""The comparisons a personalized report makes whenever both methods are in it ('FedAvg + fine-tuning' is the
-name issue 26 gives the baseline that benchmarks/suites.py does not run yet)."""
+"""The comparisons a personalized report makes whenever both methods are in it."""
 HEADLINES = {"personal_acc_mean": "final personalized mean", "global_acc_pooled": "final pooled accuracy"}
 """The final-round key a report compares, and its name in the table's caption."""
 

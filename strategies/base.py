@@ -25,6 +25,7 @@ from flwr.server.strategy import FedAvg
 from strategies import robust
 from strategies.availability import ClientWait, missing_clients
 from strategies.reports import client_compute_record, evaluation_record, fit_record, one_line, parameters_bytes
+from strategies.sampling import sample_round
 from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.records.progress import Heartbeat
 from warmfed_flwr.records.results import RunRecorder
@@ -66,8 +67,7 @@ class RecordingFedAvg(FedAvg):
         self.cfg = cfg
         self.recorder = recorder
         self.num_rounds = num_rounds
-        self.fit_wait, self.eval_wait = Heartbeat(), Heartbeat()
-        """The server's waits on client replies, logged every 30 s while they last."""
+        self.fit_wait, self.eval_wait = Heartbeat(), Heartbeat()  # the waits on client replies, logged as they last
         self.global_weights: list[np.ndarray] = []
         """The global model sent in the current round: what clients' updates are measured (and clipped) against."""
         self.global_schema: list[tuple[tuple[int, ...], str]] = []
@@ -122,15 +122,15 @@ class RecordingFedAvg(FedAvg):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """Wait for the clients (:meth:`await_clients`), sample them, attach the round config and count the bytes sent
-        down."""
+        """Wait for the clients (:meth:`await_clients`), sample them (strategies/sampling.py), count the bytes sent."""
         self.await_clients(server_round, client_manager, "training")
-        pairs = super().configure_fit(server_round, parameters, client_manager)
+        available = client_manager.all()
+        clients = sample_round(available, self.num_fit_clients(len(available))[0], self.cfg.seed,
+                               self.algorithm_round(server_round), self.cfg.train.round_timeout or None)
         self.global_weights = parameters_to_ndarrays(parameters)
         self.global_schema = payload.weights_schema(self.global_weights)
-        self.sampled = [client.cid for client, _ in pairs]
-        config = self.fit_config(server_round)
-        pairs = [(client, FitIns(ins.parameters, {**ins.config, **config})) for client, ins in pairs]
+        self.sampled = [client.cid for client in clients]
+        pairs = [(client, FitIns(parameters, self.fit_config(server_round))) for client in clients]
         down = [parameters_bytes(ins.parameters) for _, ins in pairs]
         self.recorder.record_round(self.algorithm_round(server_round), {
             "clients_sampled": len(pairs),

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from flwr.common import (
     FitIns,
     FitRes,
-    GetPropertiesIns,
     Parameters,
     Scalar,
     ndarrays_to_parameters,
@@ -28,7 +25,7 @@ from flwr.server.client_proxy import ClientProxy
 from torch.utils.data import Dataset
 
 from strategies.base import Failures, RecordingFedAvg, Upload
-from strategies.reports import one_line
+from strategies.sampling import ask_client_names, seeded_sample
 from warmfed_flwr.errors import FederationError, PayloadError
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.methods.round0_upload import round0_sample_size
@@ -139,10 +136,11 @@ class WarmFedStrategy(RecordingFedAvg):
         self.await_clients(server_round, client_manager, "round-0 upload")
         available = client_manager.all()
         asked = round0_sample_size(len(available), self.cfg.warmfed.round0_fraction, self.min_fit_clients)
-        names = self.ask_client_names(available) if asked < len(available) else {cid: cid for cid in available}
+        names = (ask_client_names(available, self.cfg.train.round_timeout or None) if asked < len(available)
+                 else {cid: cid for cid in available})
+        chosen = seeded_sample(names, asked, self.cfg.seed, 0)
         order = sorted(available, key=lambda cid: (names[cid], cid))
-        chosen = set(random.Random(self.cfg.seed).sample(order, asked))
-        clients = [available[cid] for cid in order if cid in chosen]
+        clients = [available[cid] for cid in chosen]
         self.round0_asked, self.round0_available = asked, len(available)
         if asked < len(available):
             self.recorder.event("clients_not_sampled", round=0,
@@ -153,22 +151,6 @@ class WarmFedStrategy(RecordingFedAvg):
         self.sampled = [client.cid for client in clients]
         self.fit_wait.start(f"round 0: waiting for {len(clients)} client(s) to fine-tune their LoRA adapters")
         return [(client, FitIns(empty, self.fit_config(server_round))) for client in clients]
-
-    def ask_client_names(self, available: dict[str, ClientProxy]) -> dict[str, str]:
-        """Each node's client name, asked of every node at once (its properties): what the round-0 sample is drawn
-        over, so that the seed picks the same clients whatever node ids Flower gave them. A node that does not
-        answer is named 'node <id>'."""
-        def ask(proxy: ClientProxy) -> str:
-            try:
-                res = proxy.get_properties(GetPropertiesIns({}), timeout=self.cfg.train.round_timeout or None,
-                                           group_id=1)
-                return str(res.properties[protocol.CLIENT_NAME])
-            except Exception as exc:  # noqa: BLE001 - a silent node can still be sampled, under its node id
-                logger.warning("node %s did not tell its client name: %s", proxy.cid, one_line(exc))
-                return f"node {proxy.cid}"
-
-        with ThreadPoolExecutor(max_workers=len(available)) as pool:
-            return dict(zip(available, pool.map(ask, available.values()), strict=True))
 
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Failures

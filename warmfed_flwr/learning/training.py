@@ -43,10 +43,13 @@ def _ray_actor_gpus() -> list | None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so a CPU run repeats."""
+    """Seed Python, NumPy and torch, and keep cuDNN to its deterministic kernels (no autotuning), so a run repeats
+    (docs/reproducibility.md)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:

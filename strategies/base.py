@@ -257,7 +257,7 @@ class RecordingFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: Failures
     ) -> tuple[float | None, dict[str, Scalar]]:
-        """Per-domain and pooled global accuracy, and personalized accuracy over clients."""
+        """Record per-domain and pooled global accuracy, and personalized accuracy over clients, in the run record."""
         self.recorder.add_time("evaluation", self.eval_wait.stop())
         algo_round = self.algorithm_round(server_round)
         valid = self.screen_evaluate(algo_round, results)
@@ -269,8 +269,7 @@ class RecordingFedAvg(FedAvg):
         self.recorder.record_round(algo_round, record)
         if server_round == self.num_rounds:
             logger.info("results written to %s\n%s", self.recorder.directory, self.recorder.finish())
-        loss = record.get("global_loss_pooled")
-        return (loss if isinstance(loss, float) else None), record
+        return None, {}  # recorded by algorithm round; Flower's summary would list them again by its server round
 
     def screen_evaluate(
         self, algo_round: int, results: list[tuple[ClientProxy, EvaluateRes]]

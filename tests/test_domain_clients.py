@@ -215,6 +215,7 @@ def test_evaluation_records_each_domain_over_its_clients() -> None:
 def test_strategy_records_domains_when_the_config_has_several_clients_per_domain(tmp_path: Path) -> None:
     cfg = resolve({"algorithm": "fedavg", "data.clients-per-domain": 2, "data.num-clients": 8})
     strategy = FedAvgStrategy(cfg=cfg, recorder=RunRecorder(tmp_path / "run", cfg.to_flat()), num_rounds=3)
-    _, metrics = strategy.aggregate_evaluate(1, [_eval("mnist-0", 0.5, 10), _eval("mnist-1", 1.0, 30)], [])
+    strategy.aggregate_evaluate(1, [_eval("mnist-0", 0.5, 10), _eval("mnist-1", 1.0, 30)], [])
+    metrics = strategy.recorder.rounds[-1]
     assert metrics["global_domain_acc_mnist"] == pytest.approx(0.875)
 

@@ -157,7 +157,8 @@ def eval_res(client: object, num_examples: object = 20, **metrics) -> tuple:
 def test_malformed_evaluation_is_refused_and_the_others_are_recorded(tmp_path, hostile_report):
     strat, recorder = strategy(tmp_path)
     good = eval_res("good", global_acc=0.8, global_loss=0.4, personal_acc=0.9)
-    _, metrics = strat.aggregate_evaluate(2, [good, hostile_report], [])
+    assert strat.aggregate_evaluate(2, [good, hostile_report], []) == (None, {}), "the run record holds the round"
+    metrics = next(row for row in recorder.rounds if row["round"] == 2)
     assert metrics["global_acc_pooled"] == pytest.approx(0.8)
     assert metrics["personal_acc_mean"] == pytest.approx(0.9)
     assert metrics["clients_evaluated"] == 1 and metrics["clients_eval_refused"] == 1

@@ -38,6 +38,15 @@ def test_logged_progress_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> 
     terminal_bar.close()
 
 
+def test_a_loss_postfix_set_every_step_does_not_add_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=progress.__name__):
+        bar = progress_bar(range(200), desc="foundation VAE", unit="step", file=io.StringIO())
+        for step in bar:
+            bar.set_postfix(mse=f"{1 / (step + 1):.4f}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= 2 and "200/200" in lines[-1], lines
+
+
 def test_heartbeat_logs_every_interval_until_stopped(caplog: pytest.LogCaptureFixture) -> None:
     beat = progress.Heartbeat(interval=0.05)
     with caplog.at_level(logging.INFO, logger=progress.__name__):

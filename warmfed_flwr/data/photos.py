@@ -20,7 +20,7 @@ def photo_crops(count: int, size: int, seed: int) -> torch.Tensor:
     if count <= 0:
         return torch.empty(0, 3, size, size)
     rng = np.random.default_rng(seed)
-    photos = [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1).float() / 255.0
+    photos = [torch.from_numpy(np.array(p)).permute(2, 0, 1).float() / 255.0  # a writable copy
               for p in load_sample_images().images]
     crops = []
     for _ in range(count):

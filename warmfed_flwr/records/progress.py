@@ -31,13 +31,20 @@ class _LogLines:
         """Nothing is buffered."""
 
 
+class _LoggedBar(tqdm):
+    """A bar written as log lines: a new postfix waits for the next interval's line instead of forcing one."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = False, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh, **kwargs)
+
+
 def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
     """A tqdm bar on a terminal; elsewhere the same bar as an INFO log line at most every ``LOG_INTERVAL`` s."""
     stream = kwargs.get("file") or sys.stderr
     if kwargs.get("disable") or (hasattr(stream, "isatty") and stream.isatty()):
         return tqdm(*args, **kwargs)
     kwargs.update(file=_LogLines(), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, ascii=True, ncols=80)
-    return tqdm(*args, **kwargs)
+    return _LoggedBar(*args, **kwargs)
 
 
 class Heartbeat:

@@ -7,24 +7,15 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from benchmarks.harness import Processes, flwr_run, read_metrics, run_statuses, start_superlink
+from benchmarks.harness import flwr_run, read_metrics, run_statuses
+from tests.conftest import PROGRESS_SECONDS
 from tests.test_tracking import expected as expected_tracking
 from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import load_clients
 from warmfed_flwr.runtime import cache_dir
 
 DOMAINS = ["mnist", "digits", "fonts", "mnistm"]
-PROGRESS_SECONDS = 1
-"""The runs' progress-line interval (WARMFED_PROGRESS_INTERVAL; 30 s by default), short so tiny stages show it."""
 
-
-@pytest.fixture(scope="module")
-def simulation(tmp_path_factory):
-    procs = Processes(tmp_path_factory.mktemp("flwr-home"))
-    procs.env["WARMFED_PROGRESS_INTERVAL"] = str(PROGRESS_SECONDS)
-    start_superlink(procs, simulation=True)
-    yield procs
-    procs.stop()
 
 
 def tiny(tmp_path: Path, cache: Path, **overrides) -> dict:

@@ -12,20 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
-from benchmarks.harness import Processes, flwr_run, start_superlink
+from benchmarks.harness import flwr_run
 
 TIMING_KEYS = ("seconds", "time", "started", "finished", "date")
 """Keys whose values are wall-clock measurements or dates: the only things allowed to differ."""
 
-
-@pytest.fixture(scope="module")
-def simulation(tmp_path_factory):
-    procs = Processes(tmp_path_factory.mktemp("flwr-home"))
-    start_superlink(procs, simulation=True)
-    yield procs
-    procs.stop()
 
 
 def without_timings(value: Any) -> Any:
@@ -44,11 +36,12 @@ def file_digests(root: Path) -> dict[str, str]:
 
 
 def checkpoint_record(meta: np.ndarray) -> dict[str, Any]:
-    """A server checkpoint's JSON record without timings and without the server process's global Python RNG state:
+    """A checkpoint's JSON record without timings and without the server process's global Python RNG state:
     Flower's and Ray's own code in that process draw from it a timing-dependent number of times, and the project
     never does (its samples use their own seeded generators, strategies/sampling.py)."""
     record = without_timings(json.loads(bytes(meta).decode()))
-    record["random"].pop("python")
+    if "random" in record:  # server checkpoints; client state snapshots hold no RNG state
+        record["random"].pop("python")
     return record
 
 

@@ -1,16 +1,7 @@
 """A tiny WarmFed run through `flwr run` in which a client process dies, in round 0 and again in round 2."""
 
-import pytest
 
-from benchmarks.harness import Processes, flwr_run, read_metrics, start_superlink
-
-
-@pytest.fixture(scope="module")
-def simulation(tmp_path_factory):
-    procs = Processes(tmp_path_factory.mktemp("flwr-home"))
-    start_superlink(procs, simulation=True)
-    yield procs
-    procs.stop()
+from benchmarks.harness import flwr_run, read_metrics
 
 
 def test_run_goes_on_when_a_client_process_exits(simulation, tmp_path, shared_cache, tiny_pipeline_dir):

@@ -32,7 +32,7 @@ from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import load_benchmark
 from warmfed_flwr.learning.models import build_model
 from warmfed_flwr.learning.training import evaluate, resolve_device, set_weights, train_epochs
-from warmfed_flwr.methods.personalization import LogitPool, distillation_objective, gumbel_tau, select_teachers
+from warmfed_flwr.methods.self_distillation import LogitPool, distillation_objective, gumbel_tau, select_teachers
 from warmfed_flwr.records.checkpoint import checkpoint_dir, read_checkpoint
 from warmfed_flwr.runtime import cache_dir
 

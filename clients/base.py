@@ -19,7 +19,7 @@ from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.learning.models import build_model
 from warmfed_flwr.learning.training import evaluate, get_weights, proximal_term, set_weights, train_epochs
-from warmfed_flwr.methods import personalization
+from warmfed_flwr.methods import personalization, self_distillation
 from warmfed_flwr.trust import dp, faults
 from warmfed_flwr.wire import payload, protocol
 
@@ -141,12 +141,12 @@ class FederatedClient(NumPyClient):
             metrics = personalization.train_finetune(student, self.split.train, p, **kwargs)
         else:
             set_weights(student, global_weights)
-            pool = personalization.LogitPool.from_arrays(load_arrays(self.context, POOL) or {})
+            pool = self_distillation.LogitPool.from_arrays(load_arrays(self.context, POOL) or {})
             if method == "dsd":
-                pool, metrics = personalization.train_dsd(student, self.split.train, pool, algo_round, total_rounds,
+                pool, metrics = self_distillation.train_dsd(student, self.split.train, pool, algo_round, total_rounds,
                                                           p, **kwargs)
             else:
-                pool, metrics = personalization.train_pfedsd(student, self.split.train, pool, p, **kwargs)
+                pool, metrics = self_distillation.train_pfedsd(student, self.split.train, pool, p, **kwargs)
             save_arrays(self.context, POOL, pool.to_arrays())
         self.save_personal(get_weights(student))
         return {k: float(v) for k, v in metrics.items()}

@@ -17,16 +17,11 @@ from torch.utils.data import TensorDataset
 from warmfed_flwr.config.schema import GeneratorConfig, LoraConfig
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative import foundation, lora, pipeline
+from warmfed_flwr.generative.adapters import export_adapter, use_adapter
 from warmfed_flwr.generative.foundation import ensure_foundation
 from warmfed_flwr.generative.foundation_spec import FoundationSpec, foundation_key
 from warmfed_flwr.generative.foundation_training import pretrain_foundation
-from warmfed_flwr.generative.lora import (
-    adapter_schema,
-    add_lora,
-    export_adapter,
-    finetune_lora,
-    use_adapter,
-)
+from warmfed_flwr.generative.lora import adapter_schema, add_lora, finetune_lora
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import (

@@ -5,8 +5,9 @@ import logging
 import torch
 
 from warmfed_flwr.config.schema import LoraConfig
-from warmfed_flwr.generative import lora
-from warmfed_flwr.generative.lora import adapter_schema, use_adapter
+from warmfed_flwr.generative import adapters
+from warmfed_flwr.generative.adapters import use_adapter
+from warmfed_flwr.generative.lora import adapter_schema
 from warmfed_flwr.generative.pipeline import load_pipeline
 
 WARNING = "No LoRA keys associated to CLIPTextModel found"
@@ -14,8 +15,8 @@ WARNING = "No LoRA keys associated to CLIPTextModel found"
 
 def test_each_client_adapter_loads_with_the_text_encoder_warning_printed_once(tiny_pipeline_dir, caplog,
                                                                              monkeypatch):
-    monkeypatch.setattr(lora._ONCE, "seen", set())  # earlier tests in this process may have printed it already
-    for name in lora.LOADER_LOGGERS:  # diffusers' loggers do not propagate to the root logger caplog listens on
+    monkeypatch.setattr(adapters._ONCE, "seen", set())  # earlier tests in this process may have printed it already
+    for name in adapters.LOADER_LOGGERS:  # diffusers' loggers do not propagate to the root logger caplog listens on
         logger = logging.getLogger(name)
         monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""Tests of DSD, pFedSD, Ditto, FedBN and fine-tuning personalization (warmfed_flwr.methods.personalization)."""
+"""DSD, pFedSD, Ditto, FedBN and fine-tuning personalization (methods/self_distillation.py, personalization.py)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,14 @@ from torch.utils.data import TensorDataset
 from warmfed_flwr.config.schema import PersonalizationConfig
 from warmfed_flwr.learning.models import SmallCNN
 from warmfed_flwr.learning.training import cross_entropy, predict_logits, train_epochs
-from warmfed_flwr.methods.personalization import (
+from warmfed_flwr.methods.personalization import fedbn_local_keys, merge_fedbn, train_ditto, train_finetune
+from warmfed_flwr.methods.self_distillation import (
     LogitPool,
     TeacherSelector,
     distillation_objective,
-    fedbn_local_keys,
     gumbel_tau,
-    merge_fedbn,
     select_teachers,
-    train_ditto,
     train_dsd,
-    train_finetune,
     train_pfedsd,
 )
 

@@ -16,8 +16,9 @@ from warmfed_flwr.data import load_benchmark
 from warmfed_flwr.data.digits import CLASS_NAMES
 from warmfed_flwr.errors import GeneratorError
 from warmfed_flwr.generative import foundation, shipped
+from warmfed_flwr.generative.adapters import use_adapter
 from warmfed_flwr.generative.images import as_float_image
-from warmfed_flwr.generative.lora import fit_adapter, use_adapter
+from warmfed_flwr.generative.lora import fit_adapter
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import synthesize

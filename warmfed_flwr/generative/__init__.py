@@ -16,15 +16,10 @@
 - ``synthesis``: batched, seeded generation of a labelled set, its disk cache and preview grids.
 """
 
+from warmfed_flwr.generative.adapters import export_adapter, use_adapter
 from warmfed_flwr.generative.foundation import ensure_foundation
 from warmfed_flwr.generative.foundation_spec import FoundationSpec
-from warmfed_flwr.generative.lora import (
-    adapter_bytes,
-    adapter_schema,
-    export_adapter,
-    finetune_lora,
-    use_adapter,
-)
+from warmfed_flwr.generative.lora import adapter_bytes, adapter_schema, finetune_lora
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.quality import foundation_quality

@@ -20,7 +20,8 @@ from diffusers import StableDiffusionPipeline
 from warmfed_flwr.config.schema import ExperimentConfig
 from warmfed_flwr.data import ImageArrayDataset
 from warmfed_flwr.errors import CheckpointError, GeneratorError
-from warmfed_flwr.generative.lora import adapter_schema, use_adapter
+from warmfed_flwr.generative.adapters import use_adapter
+from warmfed_flwr.generative.lora import adapter_schema
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.generative.synthesis import (

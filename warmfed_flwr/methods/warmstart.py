@@ -21,7 +21,7 @@ from warmfed_flwr.learning.training import (
     set_weights,
     train_epochs,
 )
-from warmfed_flwr.methods.personalization import distillation_kl
+from warmfed_flwr.methods.self_distillation import distillation_kl
 from warmfed_flwr.methods.synthetic_set import SyntheticSetBuilder
 
 

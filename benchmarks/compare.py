@@ -13,7 +13,7 @@ Usage (from the repository root):
 
 Suites: ``global`` (global model: WarmFed, FGL, FedAvg with the same rounds and with 25 rounds,
 centralized), ``ablation`` (WarmFed without parts of it, other synthesis settings) and ``personal`` (WarmFed
-with DSD, pFedSD, Ditto, FedBN personalization, and local-only).
+with DSD, pFedSD, Ditto, FedBN personalization, FedAvg + fine-tuning, and local-only).
 
 ``--set key=value`` (TOML scalars) applies to every variant, except keys a variant sets itself
 (e.g. ``train.rounds`` of "FedAvg (25 rounds)"), which win and are reported. A finished run whose

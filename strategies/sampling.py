@@ -43,9 +43,14 @@ def seeded_sample(names: dict[str, str], size: int, seed: int, algo_round: int) 
     return [cid for cid in order if cid in chosen]
 
 
+def sampling_names(available: dict[str, ClientProxy], size: int, timeout: float | None) -> dict[str, str]:
+    """What a sample of ``size`` of ``available`` is drawn over: the nodes' client names, asked only when not all of
+    them are sampled (else each node id stands for itself)."""
+    return ask_client_names(available, timeout) if size < len(available) else {cid: cid for cid in available}
+
+
 def sample_round(available: dict[str, ClientProxy], size: int, seed: int, algo_round: int,
                  timeout: float | None) -> list[ClientProxy]:
-    """The round's ``size`` clients of ``available`` (node id -> proxy) by :func:`seeded_sample`, asking the nodes
-    their names only when not all of them are sampled."""
-    names = ask_client_names(available, timeout) if size < len(available) else {cid: cid for cid in available}
+    """The round's ``size`` clients of ``available`` (node id -> proxy) by :func:`seeded_sample`."""
+    names = sampling_names(available, size, timeout)
     return [available[cid] for cid in seeded_sample(names, size, seed, algo_round)]

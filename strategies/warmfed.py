@@ -25,7 +25,7 @@ from flwr.server.client_proxy import ClientProxy
 from torch.utils.data import Dataset
 
 from strategies.base import Failures, RecordingFedAvg, Upload
-from strategies.sampling import ask_client_names, seeded_sample
+from strategies.sampling import sampling_names, seeded_sample
 from warmfed_flwr.errors import FederationError, PayloadError
 from warmfed_flwr.generative.prompts import class_prompts, prompt_embeddings
 from warmfed_flwr.methods.round0_upload import round0_sample_size
@@ -136,15 +136,13 @@ class WarmFedStrategy(RecordingFedAvg):
         self.await_clients(server_round, client_manager, "round-0 upload")
         available = client_manager.all()
         asked = round0_sample_size(len(available), self.cfg.warmfed.round0_fraction, self.min_fit_clients)
-        names = (ask_client_names(available, self.cfg.train.round_timeout or None) if asked < len(available)
-                 else {cid: cid for cid in available})
+        names = sampling_names(available, asked, self.cfg.train.round_timeout or None)
         chosen = seeded_sample(names, asked, self.cfg.seed, 0)
-        order = sorted(available, key=lambda cid: (names[cid], cid))
         clients = [available[cid] for cid in chosen]
         self.round0_asked, self.round0_available = asked, len(available)
         if asked < len(available):
             self.recorder.event("clients_not_sampled", round=0,
-                                clients=[names[cid] for cid in order if cid not in chosen],
+                                clients=sorted(name for cid, name in names.items() if cid not in chosen),
                                 reason=f"{self.round0_sample_note()}; they join at round 1")
         empty = ndarrays_to_parameters(payload.encode({}))
         self.recorder.record_round(0, {"clients_sampled": len(clients), "bytes_down": 0, "bytes_down_per_client": 0})

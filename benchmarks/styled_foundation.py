@@ -1,13 +1,12 @@
-"""Candidate 'styled' foundation: a broad, captioned public prior and a VAE that keeps colours (not the default).
+"""Candidate 'styled' foundation built from scratch: a VAE that keeps colours and a style-captioned prior (not the
+default; the shipped foundation learns classes first, then styles, with its 4-channel VAE).
 
     python -m benchmarks.styled_foundation --out /tmp/styled-foundation            # the measured recipe
     python -m benchmarks.vae_reconstruction /tmp/styled-foundation                  # its VAE per client domain
-    python -m benchmarks.styled_foundation --out /tmp/curriculum --init warmfed_flwr/generative/tiny_foundation \
-        --steps 4000 --lr 3e-4                                                     # class first, then style
 
 Against the shipped tiny foundation it changes: the VAE (8 x 16 x 16 latents, channels 32/64, two layers per block,
 L1 + MSE, 3,000 steps) reconstructs the styled pool plus colour-jittered crops of every allowed public photo, flat
-colours, gradients and random shapes (benchmarks/styled_pool.py); the UNet (8 latent channels) and a wider text
+colours, gradients and random shapes (warmfed_flwr/generative/styles.py); the UNet (8 latent channels) and a wider text
 encoder (64) learn the public digits under generic style randomisation, each prompt naming its style in words
 ("a photo of a seven, red on blue, blurry"; 20 % plain class prompts, 10 % empty), with style words as single
 tokens. Its quality is measured on the public holdout under the holdout's own style phrase ('white on black').
@@ -24,22 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch.nn import functional as F
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from benchmarks.styled_pool import WORDS, StyledPool, photo_crops, source_phrase, stylise, vae_extras
 from warmfed_flwr.data import default_cache_dir, load_public_pool
-from warmfed_flwr.generative.diffusion import (
-    TrainingLatents,
-    encode_latent_stats,
-    noise_prediction_loss,
-    sample_latents,
-)
+from warmfed_flwr.generative.diffusion import encode_latent_stats, sample_latents
+from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.images import dataset_tensors, training_images
-from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts
+from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE
 from warmfed_flwr.generative.quality import foundation_quality, split_holdout
+from warmfed_flwr.generative.style_stage import train_on_styles
+from warmfed_flwr.generative.styles import WORDS, photo_crops, source_phrase, stylise, vae_extras
 from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
 from warmfed_flwr.generative.tokenizer import MAX_TOKENS, VOCABULARY, build_tokenizer
 
@@ -88,33 +84,6 @@ def styled_pipeline(spec: StyledSpec) -> StableDiffusionPipeline:
     return pipe
 
 
-def continue_from(init: Path, spec: StyledSpec) -> StableDiffusionPipeline:
-    """The pipeline saved in ``init`` (class-faithful, e.g. the shipped foundation) with the style words added to
-    its tokenizer: every token the old vocabulary holds keeps its trained embedding, new ones start at their mean."""
-    old = StableDiffusionPipeline.from_pretrained(init, safety_checker=None, feature_extractor=None,
-                                                  requires_safety_checker=False)
-    tokenizer = build_tokenizer([*VOCABULARY, *WORDS])
-    config = old.text_encoder.config
-    text = CLIPTextModel(CLIPTextConfig(**{**config.to_dict(), "vocab_size": len(tokenizer)}))
-    old_table = old.text_encoder.get_input_embeddings().weight.detach()
-    state = {key: value for key, value in old.text_encoder.state_dict().items() if "token_embedding" not in key}
-    missing = text.load_state_dict(state, strict=False).missing_keys
-    if any("token_embedding" not in key for key in missing):
-        raise ValueError(f"{init}: text encoder weights missing for {missing}")
-    table = old_table.mean(0).repeat(len(tokenizer), 1)
-    old_vocab = old.tokenizer.get_vocab()
-    for token, row in tokenizer.get_vocab().items():
-        if token in old_vocab:
-            table[row] = old_table[old_vocab[token]]
-    text.get_input_embeddings().weight.data.copy_(table)
-    pipe = StableDiffusionPipeline(vae=old.vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer,
-                                   unet=old.unet.eval(), scheduler=old.scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    torch.manual_seed(spec.seed)
-    return pipe
-
-
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, spec: StyledSpec) -> dict[str, Any]:
     """L1 + MSE reconstruction training, then scaling_factor = 1 / std of the latents."""
     generator = torch.Generator().manual_seed(spec.seed)
@@ -137,43 +106,6 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, spec: StyledSpec) -> dic
     return {"vae_seconds": time.perf_counter() - started, "vae_scaling_factor": scaling}
 
 
-def train_denoiser(pipe: StableDiffusionPipeline, pool: StyledPool, class_names: list[str],
-                   spec: StyledSpec) -> dict[str, Any]:
-    """UNet + text encoder on the styled pool, each image under its class prompt + its style phrase."""
-    generator = torch.Generator().manual_seed(spec.seed + 1)
-    captions = sorted(set(pool.phrases))
-    row_of = {phrase: row for row, phrase in enumerate(captions)}
-    table = class_prompts(DEFAULT_TEMPLATE, class_names) + [
-        prompt for phrase in captions for prompt in class_prompts(DEFAULT_TEMPLATE, class_names, phrase)] + [""]
-    rows = torch.tensor([len(class_names) * (1 + row_of[phrase]) + int(label)
-                         for phrase, label in zip(pool.phrases, pool.labels.tolist(), strict=True)])
-    data = dataclasses.replace(TrainingLatents.encode(pipe.vae, pool.images, pool.labels), captions=rows)
-    tokens = pipe.tokenizer(table, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids
-    unet, text = pipe.unet.train(), pipe.text_encoder.train()
-    params = [*unet.parameters(), *text.parameters()]
-    for param in params:
-        param.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=spec.lr)
-    schedule = get_cosine_schedule_with_warmup(optimizer, spec.warmup_steps, spec.steps)
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    started, losses = time.perf_counter(), []
-    for _ in range(spec.steps):
-        loss = noise_prediction_loss(unet, scheduler, data, lambda index: text(tokens[index])[0], spec.batch_size,
-                                     spec.uncond_prob, generator, plain_prob=spec.plain_prob,
-                                     empty_prompt=len(table) - 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    unet.eval().requires_grad_(False)
-    text.eval().requires_grad_(False)
-    return {"captions": len(table), "unet_seconds": time.perf_counter() - started,
-            "unet_loss_final": sum(losses[-100:]) / len(losses[-100:])}
-
-
 def main() -> None:
     """Build the candidate into ``--out`` and print its quality on the public holdout."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,21 +113,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=StyledSpec().steps)
     parser.add_argument("--vae-steps", type=int, default=StyledSpec().vae_steps)
     parser.add_argument("--lr", type=float, default=StyledSpec().lr)
-    parser.add_argument("--init", type=Path, default=None,
-                        help="continue from this saved pipeline (its VAE kept, no VAE training)")
     args = parser.parse_args()
     spec = StyledSpec(steps=args.steps, vae_steps=args.vae_steps, lr=args.lr)
     pool, class_names = load_public_pool("digits", 32, default_cache_dir())
     train, holdout = split_holdout(pool, 0.2, spec.seed)
     images, labels = training_images(train, class_names, 32, "foundation")
     styled = stylise(images, labels, photo_crops(spec.photo_crops, 32, spec.seed), spec.style_copies, spec.seed)
-    if args.init is None:
-        pipe = styled_pipeline(spec)
-        stats = train_vae(pipe.vae, torch.cat([styled.images, photo_crops(spec.photo_crops, 32, spec.seed + 1),
-                                               vae_extras(spec.vae_extra_images, 32, spec.seed)]), spec)
-    else:
-        pipe, stats = continue_from(args.init, spec), {"init": str(args.init)}
-    stats.update(train_denoiser(pipe, styled, class_names, spec))
+    pipe = styled_pipeline(spec)
+    stats = train_vae(pipe.vae, torch.cat([styled.images, photo_crops(spec.photo_crops, 32, spec.seed + 1),
+                                           vae_extras(spec.vae_extra_images, 32, spec.seed)]), spec)
+    stage = FoundationSpec(style_steps=spec.steps, style_lr=spec.lr, style_copies=spec.style_copies,
+                           style_photo_crops=spec.photo_crops, style_plain_prob=spec.plain_prob,
+                           uncond_prob=spec.uncond_prob, warmup_steps=spec.warmup_steps, batch_size=spec.batch_size,
+                           seed=spec.seed)
+    stats.update(train_on_styles(pipe, images, labels, class_names, stage, DEFAULT_TEMPLATE, torch.device("cpu")))
     phrase = source_phrase(dataset_tensors(holdout)[0])
     quality = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
                                  torch.device("cpu"), domain_phrase=phrase)

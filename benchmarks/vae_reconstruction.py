@@ -20,11 +20,11 @@ from diffusers import AutoencoderKL
 from torch.utils.data import TensorDataset
 from torchvision.utils import save_image
 
-from benchmarks.styled_pool import flat_colours
 from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.data import default_cache_dir, load_benchmark
 from warmfed_flwr.generative.images import as_float_image
 from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
+from warmfed_flwr.generative.styles import flat_colours
 from warmfed_flwr.learning.models import seeded_model
 from warmfed_flwr.learning.training import evaluate, train_epochs
 

@@ -303,7 +303,7 @@ def test_save_grid_caps_its_rows(tmp_path: Path) -> None:
 
 def _tiny_spec(**changes) -> FoundationSpec:
     spec = FoundationSpec(steps=25, vae_steps=25, batch_size=16, warmup_steps=5, quality_images_per_class=4,
-                          quality_steps=2, holdout_fraction=0.25)
+                          quality_steps=2, holdout_fraction=0.25, style_steps=0)
     return dataclasses.replace(spec, **changes)
 
 

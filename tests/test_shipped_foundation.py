@@ -24,8 +24,10 @@ from warmfed_flwr.generative.pipeline import load_pipeline, resolve_base
 
 TEMPLATE = GeneratorConfig().prompt_template
 STEPS = 4
+STYLE_STEPS = 2
 TINY = FoundationSpec(steps=STEPS, vae_steps=4, batch_size=8, warmup_steps=1, quality_images_per_class=2,
-                      quality_steps=1, holdout_fraction=0.25)
+                      quality_steps=1, holdout_fraction=0.25, style_steps=STYLE_STEPS, style_copies=1,
+                      style_photo_crops=4)
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
 
@@ -108,9 +110,12 @@ def test_export_writes_card_with_recipe_provenance_quality_and_hashes(built: Sim
     assert "mnist (1500 images), mnistm (1500 images)" in data["disjoint_from_clients"]
     assert "sharing 0 indices" in data["disjoint_from_clients"]
     assert f"{quality['real_test_images']} are held out" in data["generator_split"]
+    assert "style_stage" in data and "restyled copies" in data["style_stage"]
+    assert "style_loss_final" in card["training"] and card["plain_prompt_quality"] == record["plain_prompt_quality"]
+    assert quality["domain_phrase"] and quality["domain_phrase"] in quality["method"]
     assert card["build_command"] == (
-        f"warmfed-build-foundation --steps {STEPS} --source digits --image-size 32 --template 'a photo of a {{label}}' "
-        f"--seed 0 --export {export}"
+        f"warmfed-build-foundation --steps {STEPS} --source digits --style-steps {STYLE_STEPS} --image-size 32 "
+        f"--template 'a photo of a {{label}}' --seed 0 --export {export}"
     )
 
 
@@ -156,7 +161,7 @@ def test_tiny_matching_recipe_loads_shipped_without_building(built: SimpleNamesp
     hashed: list[Path] = []
     real_hash = shipped.sha256_file
     monkeypatch.setattr(shipped, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
-    cfg = GeneratorConfig(foundation_steps=STEPS)
+    cfg = GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS)
     assert resolve_base(cfg, tmp_path) == str(built.export)
     assert len(hashed) == len(built.card["files"])
     assert resolve_base(cfg, tmp_path) == str(built.export)
@@ -182,7 +187,7 @@ def test_damaged_shipped_file_is_named(built: SimpleNamespace, monkeypatch: pyte
     ship(monkeypatch, shipped_dir)
     monkeypatch.setattr(pipeline, "ensure_foundation", refuse_build)
     with pytest.raises(GeneratorError) as info:
-        resolve_base(GeneratorConfig(foundation_steps=STEPS), tmp_path)
+        resolve_base(GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS), tmp_path)
     message = str(info.value)
     assert str(target) in message and "\n" not in message
     assert ("sha256" if damage == "flip" else "missing") in message
@@ -190,8 +195,8 @@ def test_damaged_shipped_file_is_named(built: SimpleNamespace, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("change", [
-    {"foundation_steps": STEPS + 1}, {"foundation_source": "/data/pool"}, {"prompt_template": "an image of {label}"},
-    {"image_size": 64},
+    {"foundation_steps": STEPS + 1}, {"foundation_style_steps": 0}, {"foundation_source": "/data/pool"},
+    {"prompt_template": "an image of {label}"}, {"image_size": 64},
 ])
 def test_other_recipes_build_under_the_cache(built: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path, change: dict) -> None:
@@ -205,8 +210,10 @@ def test_other_recipes_build_under_the_cache(built: SimpleNamespace, monkeypatch
     monkeypatch.setattr(pipeline, "ensure_foundation", fake_build)
     monkeypatch.setattr(shipped, "sha256_file", refuse_build)
     image_size = change.get("image_size", 32)
-    cfg = GeneratorConfig(**{"foundation_steps": STEPS, **{k: v for k, v in change.items() if k != "image_size"}})
-    expected = tiny_spec(steps=cfg.foundation_steps, source=cfg.foundation_source, image_size=image_size)
+    cfg = GeneratorConfig(**{"foundation_steps": STEPS, "foundation_style_steps": STYLE_STEPS,
+                             **{k: v for k, v in change.items() if k != "image_size"}})
+    expected = tiny_spec(steps=cfg.foundation_steps, source=cfg.foundation_source, image_size=image_size,
+                         style_steps=cfg.foundation_style_steps)
     assert resolve_base(cfg, tmp_path, image_size) == str(
         tmp_path / "foundation" / foundation_key(expected, cfg.prompt_template))
     assert seen == {"spec": expected, "template": cfg.prompt_template}
@@ -215,7 +222,7 @@ def test_other_recipes_build_under_the_cache(built: SimpleNamespace, monkeypatch
 def test_no_card_anywhere_builds_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ship(monkeypatch, tmp_path / "empty")
     monkeypatch.setattr(pipeline, "ensure_foundation", lambda spec, cache_dir, template: cache_dir / "built")
-    assert resolve_base(GeneratorConfig(foundation_steps=STEPS), tmp_path) == str(tmp_path / "built")
+    assert resolve_base(GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS), tmp_path) == str(tmp_path / "built")
 
 
 class FakeDistribution:
@@ -244,7 +251,7 @@ def test_bundle_without_weights_falls_back_to_the_installed_distribution(
     ship(monkeypatch, bundle)
     monkeypatch.setattr(shipped, "installed_distribution", lambda: FakeDistribution(root, editable))
     monkeypatch.setattr(pipeline, "ensure_foundation", refuse_build)
-    assert resolve_base(GeneratorConfig(foundation_steps=STEPS), tmp_path) == str(installed)
+    assert resolve_base(GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS), tmp_path) == str(installed)
 
 
 def test_install_without_weights_fails_in_one_line(built: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
@@ -254,7 +261,7 @@ def test_install_without_weights_fails_in_one_line(built: SimpleNamespace, monke
     monkeypatch.setattr(shipped, "installed_distribution", lambda: FakeDistribution(tmp_path / "nothing", False))
     monkeypatch.setattr(pipeline, "ensure_foundation", refuse_build)
     with pytest.raises(GeneratorError, match="lacks the shipped tiny foundation weights") as info:
-        resolve_base(GeneratorConfig(foundation_steps=STEPS), tmp_path)
+        resolve_base(GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS), tmp_path)
     assert "\n" not in str(info.value) and str(bundle / "text_encoder/model.safetensors") in str(info.value)
     assert built.card["build_command"] in str(info.value)
 

@@ -1,13 +1,14 @@
 """The candidate styled foundation's pool: style randomisation, its captions, the VAE's extra images and the public
-photos' provenance (benchmarks/styled_pool.py)."""
+photos' provenance (warmfed_flwr/generative/styles.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from benchmarks import styled_pool as photos
 from benchmarks.styled_foundation import StyledSpec, styled_pipeline
-from benchmarks.styled_pool import (
+from warmfed_flwr.data import digits
+from warmfed_flwr.generative import styles
+from warmfed_flwr.generative.styles import (
     PALETTE,
     WORDS,
     colour_name,
@@ -19,7 +20,6 @@ from benchmarks.styled_pool import (
     stylise,
     vae_extras,
 )
-from warmfed_flwr.data import digits
 
 
 def _digit_like(count: int, size: int = 16) -> torch.Tensor:
@@ -84,8 +84,8 @@ def test_vae_extras_are_seeded_images_in_range() -> None:
 
 
 def test_public_photos_share_no_source_with_the_client_domains() -> None:
-    assert not set(photos.SKIMAGE_NAMES) & set(digits._PHOTOS)
-    assert not any(name.endswith(".ttf") for name in photos.MATPLOTLIB_NAMES)
-    crops = photos.photo_crops(6, 16, seed=0)
-    assert crops.shape == (6, 3, 16, 16) and torch.equal(crops, photos.photo_crops(6, 16, seed=0))
-    assert len(photos.public_photos()) == 2 + len(photos.MATPLOTLIB_NAMES) + len(photos.SKIMAGE_NAMES)
+    assert not set(styles.SKIMAGE_NAMES) & set(digits._PHOTOS)
+    assert not any(name.endswith(".ttf") for name in styles.MATPLOTLIB_NAMES)
+    crops = styles.photo_crops(6, 16, seed=0)
+    assert crops.shape == (6, 3, 16, 16) and torch.equal(crops, styles.photo_crops(6, 16, seed=0))
+    assert len(styles.public_photos()) == 2 + len(styles.MATPLOTLIB_NAMES) + len(styles.SKIMAGE_NAMES)

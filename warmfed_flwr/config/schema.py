@@ -155,6 +155,9 @@ class GeneratorConfig(Section):
                                 "prompts), a domain left out keeping its name")
     foundation_steps: int = Field(8000, gt=0, description="the shipped foundation's recipe (loaded prebuilt); any "
                                   "other value builds and caches one")
+    foundation_style_steps: int = Field(4000, ge=0, description="the tiny foundation's style stage: steps on "
+                                        "restyled copies of its public pool under captions naming each style (0 = "
+                                        "none); any value but the shipped recipe's builds and caches one")
     foundation_source: str = Field("digits", description="digits (public MNIST part) or an ImageFolder root/class/"
                                    "image the tiny foundation is pretrained on")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     defaults = FoundationSpec()
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--steps", type=int, default=defaults.steps, help="UNet + text encoder training steps")
+    parser.add_argument("--style-steps", type=int, default=defaults.style_steps,
+                        help="style-stage steps on restyled, style-captioned copies of the pool (0 = none)")
     parser.add_argument("--source", default=defaults.source, help="'digits' or an ImageFolder path")
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: the project cache)")
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
@@ -36,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cache_dir is None:
         args.cache_dir = default_cache_dir()
-    spec = dataclasses.replace(defaults, steps=args.steps, source=args.source, image_size=args.image_size,
-                               seed=args.seed)
+    spec = dataclasses.replace(defaults, steps=args.steps, style_steps=args.style_steps, source=args.source,
+                               image_size=args.image_size, seed=args.seed)
     path = ensure_foundation(spec, args.cache_dir, args.template)
     record = json.loads((path / RECORD).read_text())
     quality = record["quality"]
@@ -48,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name}: {100 * accuracy:.1f}%")
     print(f"train-on-synthetic / test-on-real: {100 * quality['train_synthetic_test_real_acc']:.1f}%")
     print(f"train-on-real / test-on-real: {100 * quality['train_real_test_real_acc']:.1f}%")
+    if quality.get("domain_phrase"):
+        plain = record["plain_prompt_quality"]
+        print(f"(prompts with the pool's style phrase '{quality['domain_phrase']}'; with the plain class prompt: "
+              f"class fidelity {100 * plain['class_fidelity_mean']:.1f}%, "
+              f"train-on-synthetic {100 * plain['train_synthetic_test_real_acc']:.1f}%)")
     if args.export is not None:
         card = export_foundation(path, args.export)
         print(f"exported: {args.export} ({len(card['files'])} files + model_card.json)")

@@ -17,7 +17,7 @@ import transformers
 from warmfed_flwr.config.schema import GeneratorConfig
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE
 
-ARCHITECTURE = "tiny-sd-v2"
+ARCHITECTURE = "tiny-sd-v3"
 """Bumped whenever the tiny architecture or its training recipe changes, so stale caches are not reused."""
 RECORD = "quality.json"
 """The build record in a cached foundation: recipe, quality figures and the sha256 of every other file."""
@@ -43,6 +43,11 @@ class FoundationSpec:
     quality_images_per_class: int = 50
     quality_steps: int = 10
     quality_guidance: float = 3.0
+    style_steps: int = GeneratorConfig().foundation_style_steps
+    style_lr: float = 3e-4
+    style_copies: int = 6
+    style_photo_crops: int = 2000
+    style_plain_prob: float = 0.2
 
 
 def foundation_key(spec: FoundationSpec, template: str = DEFAULT_TEMPLATE) -> str:

@@ -22,6 +22,7 @@ from warmfed_flwr.generative.diffusion import (
 from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.images import training_images
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts
+from warmfed_flwr.generative.style_stage import train_on_styles
 from warmfed_flwr.learning.training import resolve_device
 from warmfed_flwr.records.progress import progress_bar
 
@@ -130,7 +131,8 @@ def pretrain_foundation(
     device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Train the VAE (reconstruction) on ``dataset`` and ``spec.vae_photo_crops`` public photo crops, then the UNet
-    and text encoder (noise prediction) on ``dataset``."""
+    and text encoder (noise prediction) on ``dataset``, then, for ``spec.style_steps`` > 0, on restyled copies of it
+    under captions that name each style (:mod:`~warmfed_flwr.generative.style_stage`)."""
     device = device or resolve_device("auto")
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     images, labels = training_images(dataset, class_names, size, "foundation")
@@ -139,6 +141,8 @@ def pretrain_foundation(
              "device": str(device)}
     stats.update(_train_vae(pipe.vae, images, spec, device, crops))
     stats.update(_train_denoiser(pipe, images, labels, class_names, spec, template, device))
+    if spec.style_steps > 0:
+        stats.update(train_on_styles(pipe, images, labels, class_names, spec, template, device))
     logger.info(
         "foundation pretrained: VAE %.0f s (recon MSE %.4f -> %.4f), UNet+text %.0f s (loss %.4f -> %.4f)",
         stats["vae_seconds"], stats["vae_mse_first"], stats["vae_mse_final"],

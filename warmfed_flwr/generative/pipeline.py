@@ -81,7 +81,8 @@ def resolve_base(cfg: GeneratorConfig, cache_dir: Path, image_size: int = 32) ->
     if cfg.base != "tiny":
         return cfg.base
     spec = FoundationSpec(
-        steps=cfg.foundation_steps, source=cfg.foundation_source, image_size=image_size
+        steps=cfg.foundation_steps, source=cfg.foundation_source, image_size=image_size,
+        style_steps=cfg.foundation_style_steps,
     )
     shipped = shipped_foundation(spec, cfg.prompt_template)
     if shipped is not None:

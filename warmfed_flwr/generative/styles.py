@@ -1,4 +1,4 @@
-"""The styled public pool of the candidate 'styled' foundation (benchmarks/styled_foundation.py).
+"""Generic style randomisation of a public pool, with captions that name the style: the tiny foundation's style stage.
 
 - Public photos that no client domain uses, colour-jittered: scikit-learn's two sample photos, matplotlib's sample
   photos and those of scikit-image's sample images that the MNIST-M-style ``mnistm`` domain does not blend.
@@ -6,7 +6,7 @@
   mask and the image is redrawn in a seeded style (kept, inverted, a flat foreground on a flat, gradient or photo
   background, or textured strokes), optionally thickened, blurred or made noisy; the caption ("red on blue,
   blurry") names colours from the drawn pixels, so the text encoder learns words that steer style. Nothing here
-  knows a client domain: it applies to any ImageFolder pool.
+  knows a client domain: it applies to any ImageFolder pool (``generator.foundation-source``).
 - What the VAE reconstructs beyond the styled pool: flat colours, gradients and random shapes.
 """
 

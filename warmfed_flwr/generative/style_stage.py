@@ -1,0 +1,106 @@
+"""The tiny foundation's second stage: after it learned the classes, it learns style words on a restyled public pool.
+
+The class stage (grey public digits under "a photo of a {label}") makes the class word reliable; this stage then adds
+the style words to the tokenizer (every old token keeps its trained embedding) and continues the UNet and text
+encoder on :func:`~warmfed_flwr.generative.styles.stylise`'d copies of the same pool, each image under its class
+prompt plus its style phrase ("a photo of a seven, red on blue, blurry"). A client's adapter then only has to shift
+a style the text can already name. Trained from scratch on the styled pool, the class word does not hold (34 % class
+fidelity against 97 % class first); see docs/generator.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss
+from warmfed_flwr.generative.foundation_spec import FoundationSpec
+from warmfed_flwr.generative.prompts import class_prompts
+from warmfed_flwr.generative.styles import WORDS, photo_crops, stylise
+from warmfed_flwr.generative.tokenizer import VOCABULARY, build_tokenizer
+from warmfed_flwr.records.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+def add_style_words(pipe: StableDiffusionPipeline) -> None:
+    """Give ``pipe`` a tokenizer that also holds every style word as one token, and a text encoder whose old tokens
+    keep their trained embeddings (new ones start at the old table's mean)."""
+    tokenizer = build_tokenizer([*VOCABULARY, *WORDS])
+    old = pipe.text_encoder
+    text = CLIPTextModel(CLIPTextConfig(**{**old.config.to_dict(), "vocab_size": len(tokenizer)}))
+    state = {key: value for key, value in old.state_dict().items() if "token_embedding" not in key}
+    missing = text.load_state_dict(state, strict=False).missing_keys
+    if any("token_embedding" not in key for key in missing):
+        raise ValueError(f"text encoder weights missing for {missing}")
+    old_table = old.get_input_embeddings().weight.detach().cpu()
+    table = old_table.mean(0).repeat(len(tokenizer), 1)
+    old_vocab = pipe.tokenizer.get_vocab()
+    for token, row in tokenizer.get_vocab().items():
+        if token in old_vocab:
+            table[row] = old_table[old_vocab[token]]
+    text.get_input_embeddings().weight.data.copy_(table)
+    pipe.register_modules(tokenizer=tokenizer, text_encoder=text.to(old.device).eval())
+
+
+def train_on_styles(
+    pipe: StableDiffusionPipeline,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    spec: FoundationSpec,
+    template: str,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Add the style words, then train the UNet and text encoder ``spec.style_steps`` steps on ``spec.style_copies``
+    restyled copies of ``images`` [N, 3, S, S] in [0, 1], each under its class prompt + style phrase
+    (``spec.style_plain_prob`` of them under the plain class prompt, ``spec.uncond_prob`` under the empty one)."""
+    size = images.shape[-1]
+    pool = stylise(images, labels, photo_crops(spec.style_photo_crops, size, spec.seed), spec.style_copies, spec.seed)
+    add_style_words(pipe)
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    captions = sorted(set(pool.phrases))
+    row_of = {phrase: row for row, phrase in enumerate(captions)}
+    table = class_prompts(template, class_names) + [
+        prompt for phrase in captions for prompt in class_prompts(template, class_names, phrase)] + [""]
+    rows = torch.tensor([len(class_names) * (1 + row_of[phrase]) + int(label)
+                         for phrase, label in zip(pool.phrases, pool.labels.tolist(), strict=True)])
+    data = dataclasses.replace(TrainingLatents.encode(pipe.vae.to(device), pool.images, pool.labels), captions=rows)
+    tokens = pipe.tokenizer(table, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(device)
+    unet, text = pipe.unet.to(device).train(), pipe.text_encoder.to(device).train()
+    params = [*unet.parameters(), *text.parameters()]
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=spec.style_lr)
+    schedule = get_cosine_schedule_with_warmup(optimizer, min(spec.warmup_steps, spec.style_steps), spec.style_steps)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    losses: list[float] = []
+    started = time.perf_counter()
+    logger.info("foundation style stage: %d steps on %d restyled images, %d captions", spec.style_steps,
+                len(pool.labels), len(table))
+    bar = progress_bar(range(spec.style_steps), desc="foundation styles", unit="step")
+    for _ in bar:
+        loss = noise_prediction_loss(unet, scheduler, data, lambda index: text(tokens[index])[0], spec.batch_size,
+                                     spec.uncond_prob, generator, plain_prob=spec.style_plain_prob,
+                                     empty_prompt=len(table) - 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    unet.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
+    window = max(1, min(100, len(losses) // 5))
+    return {"style_images": len(pool.labels), "style_captions": len(table),
+            "style_seconds": time.perf_counter() - started,
+            "style_loss_final": sum(losses[-window:]) / window}

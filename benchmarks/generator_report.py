@@ -92,8 +92,13 @@ def main() -> None:
               f"Class fidelity {100 * quality['class_fidelity_mean']:.1f} %, train-on-synthetic/test-on-real "
               f"{100 * quality['train_synthetic_test_real_acc']:.1f} % (train-on-real "
               f"{100 * quality['train_real_test_real_acc']:.1f} %), prompts with the phrase "
-              f"'{quality.get('domain_phrase', '')}'.", "",
-              "## Synthetic images per domain and method (test splits, mean ± std over seeds, %)", ""]
+              f"'{quality.get('domain_phrase', '')}'."]
+    plain = card.get("plain_prompt_quality")
+    if plain:
+        lines[-1] += (f" With the plain class prompt (no style phrase: the foundation draws its style mixture): class "
+                      f"fidelity {100 * plain['class_fidelity_mean']:.1f} %, train-on-synthetic/test-on-real "
+                      f"{100 * plain['train_synthetic_test_real_acc']:.1f} %.")
+    lines += ["", "## Synthetic images per domain and method (test splits, mean ± std over seeds, %)", ""]
     table, raw = method_table(args.seeds, cache_dir, args.grids)
     lines += table
     seed = args.seeds[0]

@@ -36,6 +36,11 @@ def tiny_spec(**changes) -> FoundationSpec:
     return dataclasses.replace(TINY, **changes)
 
 
+def tiny_cfg() -> GeneratorConfig:
+    """The generator config whose foundation recipe is TINY's."""
+    return GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS)
+
+
 def fake_pool(source: str, image_size: int, cache_dir: Path) -> tuple[TensorDataset, list[str]]:
     return shapes_dataset(per_class=8, size=image_size), list(NAMES)
 
@@ -161,7 +166,7 @@ def test_tiny_matching_recipe_loads_shipped_without_building(built: SimpleNamesp
     hashed: list[Path] = []
     real_hash = shipped.sha256_file
     monkeypatch.setattr(shipped, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
-    cfg = GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS)
+    cfg = tiny_cfg()
     assert resolve_base(cfg, tmp_path) == str(built.export)
     assert len(hashed) == len(built.card["files"])
     assert resolve_base(cfg, tmp_path) == str(built.export)
@@ -187,7 +192,7 @@ def test_damaged_shipped_file_is_named(built: SimpleNamespace, monkeypatch: pyte
     ship(monkeypatch, shipped_dir)
     monkeypatch.setattr(pipeline, "ensure_foundation", refuse_build)
     with pytest.raises(GeneratorError) as info:
-        resolve_base(GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS), tmp_path)
+        resolve_base(tiny_cfg(), tmp_path)
     message = str(info.value)
     assert str(target) in message and "\n" not in message
     assert ("sha256" if damage == "flip" else "missing") in message
@@ -222,7 +227,7 @@ def test_other_recipes_build_under_the_cache(built: SimpleNamespace, monkeypatch
 def test_no_card_anywhere_builds_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ship(monkeypatch, tmp_path / "empty")
     monkeypatch.setattr(pipeline, "ensure_foundation", lambda spec, cache_dir, template: cache_dir / "built")
-    assert resolve_base(GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS), tmp_path) == str(tmp_path / "built")
+    assert resolve_base(tiny_cfg(), tmp_path) == str(tmp_path / "built")
 
 
 class FakeDistribution:
@@ -251,7 +256,7 @@ def test_bundle_without_weights_falls_back_to_the_installed_distribution(
     ship(monkeypatch, bundle)
     monkeypatch.setattr(shipped, "installed_distribution", lambda: FakeDistribution(root, editable))
     monkeypatch.setattr(pipeline, "ensure_foundation", refuse_build)
-    assert resolve_base(GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS), tmp_path) == str(installed)
+    assert resolve_base(tiny_cfg(), tmp_path) == str(installed)
 
 
 def test_install_without_weights_fails_in_one_line(built: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
@@ -261,7 +266,7 @@ def test_install_without_weights_fails_in_one_line(built: SimpleNamespace, monke
     monkeypatch.setattr(shipped, "installed_distribution", lambda: FakeDistribution(tmp_path / "nothing", False))
     monkeypatch.setattr(pipeline, "ensure_foundation", refuse_build)
     with pytest.raises(GeneratorError, match="lacks the shipped tiny foundation weights") as info:
-        resolve_base(GeneratorConfig(foundation_steps=STEPS, foundation_style_steps=STYLE_STEPS), tmp_path)
+        resolve_base(tiny_cfg(), tmp_path)
     assert "\n" not in str(info.value) and str(bundle / "text_encoder/model.safetensors") in str(info.value)
     assert built.card["build_command"] in str(info.value)
 

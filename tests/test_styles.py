@@ -6,8 +6,12 @@ from __future__ import annotations
 import torch
 
 from benchmarks.styled_foundation import StyledSpec, styled_pipeline
+from tests.test_generative import CPU, NAMES, TEMPLATE, shapes_dataset
 from warmfed_flwr.data import digits
 from warmfed_flwr.generative import styles
+from warmfed_flwr.generative.foundation_spec import FoundationSpec
+from warmfed_flwr.generative.images import training_images
+from warmfed_flwr.generative.style_stage import add_style_words, train_on_styles
 from warmfed_flwr.generative.styles import (
     PALETTE,
     WORDS,
@@ -20,6 +24,7 @@ from warmfed_flwr.generative.styles import (
     stylise,
     vae_extras,
 )
+from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
 
 
 def _digit_like(count: int, size: int = 16) -> torch.Tensor:
@@ -89,3 +94,32 @@ def test_public_photos_share_no_source_with_the_client_domains() -> None:
     crops = styles.photo_crops(6, 16, seed=0)
     assert crops.shape == (6, 3, 16, 16) and torch.equal(crops, styles.photo_crops(6, 16, seed=0))
     assert len(styles.public_photos()) == 2 + len(styles.MATPLOTLIB_NAMES) + len(styles.SKIMAGE_NAMES)
+
+
+def test_adding_style_words_keeps_every_old_token_embedding() -> None:
+    pipe = build_tiny_pipeline(seed=1)
+    old_vocab = pipe.tokenizer.get_vocab()
+    old_table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    prompt = pipe.tokenizer("a photo of a one", return_tensors="pt").input_ids
+    before = pipe.text_encoder(prompt)[0]
+    add_style_words(pipe)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    vocab = pipe.tokenizer.get_vocab()
+    kept = [token for token in old_vocab if token in vocab]
+    assert len(kept) >= 0.95 * len(old_vocab) and all(f"{word}</w>" in vocab for word in NAMES)
+    assert all(torch.equal(table[vocab[token]], old_table[old_vocab[token]]) for token in kept)
+    assert all(len(pipe.tokenizer(word, add_special_tokens=False).input_ids) == 1 for word in WORDS)
+    assert torch.allclose(pipe.text_encoder(pipe.tokenizer("a photo of a one", return_tensors="pt").input_ids)[0],
+                          before)
+
+
+def test_style_stage_trains_on_captioned_styles_and_freezes_after() -> None:
+    pipe = build_tiny_pipeline(seed=1)
+    images, labels = training_images(shapes_dataset(per_class=4), NAMES, 32, "foundation")
+    unet_before = [p.detach().clone() for p in pipe.unet.parameters()]
+    spec = FoundationSpec(style_steps=3, style_copies=2, style_photo_crops=4, batch_size=8, warmup_steps=1)
+    stats = train_on_styles(pipe, images, labels, NAMES, spec, TEMPLATE, CPU)
+    assert stats["style_images"] == 2 * len(labels) and stats["style_captions"] > len(NAMES) + 1
+    assert any(not torch.equal(a, b) for a, b in zip(unet_before, pipe.unet.parameters(), strict=True))
+    assert not any(p.requires_grad for p in [*pipe.unet.parameters(), *pipe.text_encoder.parameters()])
+    assert len(pipe.tokenizer("red on blue", add_special_tokens=False).input_ids) == 3

@@ -1,7 +1,7 @@
 """The tiny foundation's second stage: after it learned the classes, it learns style words on a restyled public pool.
 
 The class stage (grey public digits under "a photo of a {label}") makes the class word reliable; this stage then adds
-the style words to the tokenizer (every old token keeps its trained embedding) and continues the UNet and text
+the style words to the tokenizer (every word keeps its trained embedding) and continues the UNet and text
 encoder on :func:`~warmfed_flwr.generative.styles.stylise`'d copies of the same pool, each image under its class
 prompt plus its style phrase ("a photo of a seven, red on blue, blurry"). A client's adapter then only has to shift
 a style the text can already name. Trained from scratch on the styled pool, the class word does not hold (34 % class
@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 
 def add_style_words(pipe: StableDiffusionPipeline) -> None:
-    """Give ``pipe`` a tokenizer that also holds every style word as one token, and a text encoder whose old tokens
-    keep their trained embeddings (new ones start at the old table's mean)."""
+    """Give ``pipe`` a tokenizer that also holds every style word as one token, and a text encoder in which every
+    token the old vocabulary shares with the new keeps its trained embedding (all whole words; a few BPE pieces the
+    new merges no longer produce are dropped) and new ones start at the old table's mean."""
     tokenizer = build_tokenizer([*VOCABULARY, *WORDS])
     old = pipe.text_encoder
     text = CLIPTextModel(CLIPTextConfig(**{**old.config.to_dict(), "vocab_size": len(tokenizer)}))

@@ -31,6 +31,7 @@ METRIC_LABELS = {"final": "final", "one_shot": "one-shot (r0)", "round1": "after
 GLOBAL_PAIRS = (
     Pair("WarmFed", "Warm start + FedAvg"),
     Pair("WarmFed", "FGL"),
+    Pair("WarmFed", "FGL (descriptive prompts)"),
     Pair("WarmFed", "FedAvg (5 rounds)"),
     Pair("WarmFed", "FedAvg (5 rounds)", "one_shot", "round1"),
 )

@@ -1,4 +1,5 @@
-"""The noise-prediction training step shared by foundation pretraining and client LoRA.
+"""The noise-prediction training step shared by foundation pretraining and client LoRA, and the foundation stages'
+training loop.
 
 Every random draw comes from the caller's ``torch.Generator`` in a fixed order (batch indices, latent noise,
 diffusion noise, timesteps, empty-prompt coin flips), so a build repeats bit for bit.
@@ -6,12 +7,17 @@ diffusion noise, timesteps, empty-prompt coin flips), so a build repeats bit for
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch.nn import functional as F
+from transformers import CLIPTextModel
+
+from warmfed_flwr.records.progress import progress_bar
 
 
 @torch.no_grad()
@@ -125,3 +131,37 @@ def noise_prediction_loss(
     weight = snr.clamp(max=snr_gamma) / (snr + 1.0 if velocity else snr)
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * weight).mean()
+
+
+def train_unet_and_text(
+    pipe: StableDiffusionPipeline,
+    device: torch.device,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    desc: str,
+    step_loss: Callable[[UNet2DConditionModel, CLIPTextModel], torch.Tensor],
+) -> tuple[list[float], float]:
+    """Train ``pipe``'s UNet and text encoder jointly for ``steps`` AdamW steps (cosine schedule with warmup, gradient
+    norm clipped at 1) on ``step_loss(unet, text_encoder)``, then freeze both; the losses and the seconds taken."""
+    unet, text_encoder = pipe.unet.to(device).train(), pipe.text_encoder.to(device).train()
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    schedule = get_cosine_schedule_with_warmup(optimizer, min(warmup_steps, steps), steps)
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = progress_bar(range(steps), desc=desc, unit="step")
+    for _ in bar:
+        loss = step_loss(unet, text_encoder)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    unet.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+    return losses, time.perf_counter() - start

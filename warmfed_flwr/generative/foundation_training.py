@@ -18,6 +18,7 @@ from warmfed_flwr.generative.diffusion import (
     encode_latent_stats,
     noise_prediction_loss,
     sample_latents,
+    train_unet_and_text,
 )
 from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.images import training_images
@@ -90,33 +91,17 @@ def _train_denoiser(
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(device)
-    unet, text_encoder = pipe.unet.to(device).train(), pipe.text_encoder.to(device).train()
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    for param in params:
-        param.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=spec.lr)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(spec.warmup_steps, spec.steps), spec.steps)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    losses: list[float] = []
-    start = time.perf_counter()
     logger.info("foundation UNet+text: %d steps", spec.steps)
-    bar = progress_bar(range(spec.steps), desc="foundation UNet+text", unit="step")
-    for _ in bar:
-        loss = noise_prediction_loss(
+    losses, seconds = train_unet_and_text(
+        pipe, device, spec.steps, spec.lr, spec.warmup_steps, "foundation UNet+text",
+        lambda unet, text_encoder: noise_prediction_loss(
             unet, noise_scheduler, data, text_encoder(tokens)[0], spec.batch_size, spec.uncond_prob, generator
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    unet.eval().requires_grad_(False)
-    text_encoder.eval().requires_grad_(False)
+        ),
+    )
     window = max(1, min(100, len(losses) // 5))
     return {
-        "unet_seconds": time.perf_counter() - start,
+        "unet_seconds": seconds,
         "unet_loss_first": sum(losses[:window]) / window,
         "unet_loss_final": sum(losses[-window:]) / window,
     }

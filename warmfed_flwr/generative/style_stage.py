@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
-from diffusers.optimization import get_cosine_schedule_with_warmup
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss
+from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss, train_unet_and_text
 from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.prompts import class_prompts
 from warmfed_flwr.generative.styles import WORDS, photo_crops, stylise
 from warmfed_flwr.generative.tokenizer import VOCABULARY, build_tokenizer
-from warmfed_flwr.records.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -76,32 +73,16 @@ def train_on_styles(
     data = dataclasses.replace(TrainingLatents.encode(pipe.vae.to(device), pool.images, pool.labels), captions=rows)
     tokens = pipe.tokenizer(table, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(device)
-    unet, text = pipe.unet.to(device).train(), pipe.text_encoder.to(device).train()
-    params = [*unet.parameters(), *text.parameters()]
-    for param in params:
-        param.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=spec.style_lr)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(spec.warmup_steps, spec.style_steps), spec.style_steps)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    losses: list[float] = []
-    started = time.perf_counter()
     logger.info("foundation style stage: %d steps on %d restyled images, %d captions", spec.style_steps,
                 len(pool.labels), len(table))
-    bar = progress_bar(range(spec.style_steps), desc="foundation styles", unit="step")
-    for _ in bar:
-        loss = noise_prediction_loss(unet, scheduler, data, lambda index: text(tokens[index])[0], spec.batch_size,
-                                     spec.uncond_prob, generator, plain_prob=spec.style_plain_prob,
-                                     empty_prompt=len(table) - 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    unet.eval().requires_grad_(False)
-    text.eval().requires_grad_(False)
+    losses, seconds = train_unet_and_text(
+        pipe, device, spec.style_steps, spec.style_lr, spec.warmup_steps, "foundation styles",
+        lambda unet, text: noise_prediction_loss(unet, scheduler, data, lambda index: text(tokens[index])[0],
+                                                 spec.batch_size, spec.uncond_prob, generator,
+                                                 plain_prob=spec.style_plain_prob, empty_prompt=len(table) - 1),
+    )
     window = max(1, min(100, len(losses) // 5))
     return {"style_images": len(pool.labels), "style_captions": len(table),
-            "style_seconds": time.perf_counter() - started,
+            "style_seconds": seconds,
             "style_loss_final": sum(losses[-window:]) / window}

@@ -90,3 +90,14 @@ def test_a_small_adapter_keeps_the_class(shipped_pipe, clients: dict) -> None:
     with use_adapter(shipped_pipe, adapter, client.domain):
         images, labels = synthesize(shipped_pipe, embeddings, PER_CLASS, 10, 3.0, 64, seed=0)
     assert _accuracy_on_real(images, labels, _real_test(client)) > 5 * CHANCE
+
+
+def test_style_words_steer_the_shipped_foundation(shipped_pipe) -> None:
+    """Its style stage taught the text to steer style: 'black on white' draws light images, 'white on black' dark
+    (0.48 against 0.15 mean brightness; the class stage alone drew both at 0.13)."""
+    brightness = {}
+    for phrase in ("white on black", "black on white"):
+        embeddings = prompt_embeddings(shipped_pipe, class_prompts("a photo of a {label}", CLASS_NAMES, phrase))
+        images, _ = synthesize(shipped_pipe, embeddings, 2, 10, 3.0, 64, seed=0)
+        brightness[phrase] = float(images.mean())
+    assert brightness["black on white"] > brightness["white on black"] + 0.2, brightness

@@ -140,7 +140,8 @@ class FederatedClient(NumPyClient):
             set_weights(student, global_weights)
             metrics = personalization.train_finetune(student, self.split.train, p, **kwargs)
         else:
-            set_weights(student, global_weights)
+            previous = load_arrays(self.context, PERSONAL) if p.student_start == "personal" else None
+            set_weights(student, payload.named_to_weights(previous) if previous else global_weights)
             pool = self_distillation.LogitPool.from_arrays(load_arrays(self.context, POOL) or {})
             if method == "dsd":
                 pool, metrics = self_distillation.train_dsd(student, self.split.train, pool, algo_round, total_rounds,

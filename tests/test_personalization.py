@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Context, RecordDict
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import TensorDataset
 
+from clients.base import PERSONAL, FederatedClient
+from clients.state import load_arrays
+from warmfed_flwr.config.loading import resolve
 from warmfed_flwr.config.schema import PersonalizationConfig
+from warmfed_flwr.data import ClientSplit
 from warmfed_flwr.learning.models import SmallCNN
 from warmfed_flwr.learning.training import cross_entropy, predict_logits, train_epochs
 from warmfed_flwr.methods.personalization import fedbn_local_keys, merge_fedbn, train_ditto, train_finetune
@@ -25,6 +30,7 @@ from warmfed_flwr.methods.self_distillation import (
     train_dsd,
     train_pfedsd,
 )
+from warmfed_flwr.wire import payload
 
 CPU = torch.device("cpu")
 NUM_CLASSES = 4
@@ -322,3 +328,21 @@ def test_merge_fedbn_keeps_local_batchnorm() -> None:
         assert torch.equal(value, global_state[key]), key
     with pytest.raises(ValueError):
         merge_fedbn(target, global_state, {"features.1.weight": local_state["features.1.weight"]})
+
+
+@pytest.mark.parametrize(("method", "start"), [("dsd", "global"), ("dsd", "personal"), ("pfedsd", "personal")])
+def test_distillation_student_starts_where_personalization_student_start_says(method: str, start: str) -> None:
+    cfg = resolve({"personalization.method": method, "personalization.student-start": start,
+                   "personalization.epochs": 0})
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(8, 3, 32, 32, generator=generator), torch.arange(8) % 2
+    split = ClientSplit("a", "a", TensorDataset(images, labels), TensorDataset(images[:4], labels[:4]))
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    client = FederatedClient(cfg, ["zero", "one"], split, 0, context, torch.device("cpu"), Path("/nonexistent"))
+    global_weights = [np.full_like(w, 0.5) for w in client.get_parameters({})]
+    earlier = [np.full_like(w, -0.25) for w in global_weights]
+    client.save_personal(earlier)
+    client.personalize(global_weights, algo_round=2, total_rounds=5)
+    kept = payload.named_to_weights(load_arrays(context, PERSONAL))
+    expected = earlier if start == "personal" else global_weights
+    assert all(np.array_equal(k, e) for k, e in zip(kept, expected, strict=True))

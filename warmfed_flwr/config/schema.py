@@ -335,6 +335,9 @@ class PersonalizationConfig(Section):
     selector_sees_label: bool = Field(True, description="the selector also sees each teacher's probability of the "
                                       "true class")
     ditto_lambda: float = Field(0.1, ge=0, description="Ditto's proximal weight towards the global model")
+    student_start: Literal["global", "personal"] = Field(
+        "global", description="dsd, pfedsd: the student starts from the round's global model (the papers) or from "
+        "the client's personalized model of the previous round (kept across rounds, as Ditto's is)")
 
 
 class FaultConfig(Section):

@@ -121,12 +121,14 @@ def personal_row(name: str, records: list[dict[str, Any]], clients: list[str]) -
     """One row of the personalization table."""
     ok = ok_records(records)
     if not ok:
-        return status_row(name, records, 6 + len(clients))
+        return status_row(name, records, 7 + len(clients))
     client_std = [v for v in final_values(ok, "personal_acc_std") if finite(v)]
+    per_client = [[v for c in clients if finite(v := r["final"].get(f"personal_acc_{c}"))] for r in ok]
     return [
         method_cell(name, records),
         pct_cell(final_values(ok, "personal_acc_mean")),
         f"{100 * statistics.fmean(client_std):.1f}" if client_std else "-",
+        pct_cell([min(values) for values in per_client if values]),
         best_cell([r["best_personal"] for r in ok], [r["best_personal_round"] for r in ok]),
         *[pct_cell(final_values(ok, f"personal_acc_{c}")) for c in clients],
         pct_cell(final_values(ok, "global_acc_pooled")),
@@ -206,7 +208,8 @@ def budget_table(records: list[dict[str, Any]]) -> list[str]:
 def personal_table(records: list[dict[str, Any]]) -> list[str]:
     """The personalization table."""
     clients = client_names(ok_records(records), "personal_acc_")
-    header = ["method", "personalized mean (final)", "std over clients", "best personalized mean (round)",
+    header = ["method", "personalized mean (final)", "std over clients", "worst client (final)",
+              "best personalized mean (round)",
               *[f"{c} personal final" for c in clients], "global pooled final (ref.)", "DSD share t-1 / t-2 (final)"]
     return markdown_table(header, [personal_row(n, rs, clients) for n, rs in by_variant(records).items()])
 

@@ -129,8 +129,9 @@ def test_personal_runs_give_the_personal_table_and_the_dsd_figure(tmp_path):
     markdown = out.read_text()
     assert markdown.startswith("# Personalized models: WarmFed + DSD, local\n")
     assert "one-shot pooled" not in markdown
-    assert table_row(markdown, "WarmFed + DSD") == ["WarmFed + DSD", "75.0 ± 5.0", "10.0", "65.0 ± 5.0", "75.0 ± 5.0 (r1)",
-                                                    "85.0 ± 5.0", "65.0 ± 5.0", "70.0 ± 0.0", "70% / 30%"]
+    assert table_row(markdown, "WarmFed + DSD") == ["WarmFed + DSD", "75.0 ± 5.0", "10.0", "65.0 ± 5.0",
+                                                    "75.0 ± 5.0 (r1)", "85.0 ± 5.0", "65.0 ± 5.0", "70.0 ± 0.0",
+                                                    "70% / 30%"]
     assert table_row(markdown, "local")[1] == "50.0" and table_row(markdown, "local")[-2:] == ["-", "-"]
     figures = linked_figures(markdown, out)
     assert "dsd_shares.png" in {path.name for path in figures}

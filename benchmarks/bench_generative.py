@@ -54,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="foundation UNet + text encoder steps")
     parser.add_argument("--vae-steps", type=int, default=FoundationSpec().vae_steps)
+    parser.add_argument("--style-steps", type=int, default=0, help="style-stage steps (the shipped recipe: 4000)")
     parser.add_argument("--source", default="digits")
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse this cache (default: a fresh temp dir)")
     parser.add_argument("--lora-steps", type=int, default=20, help="timed LoRA steps at --lora-batch")
@@ -68,14 +69,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="warmfed-bench-") as scratch:
         cache_dir = args.cache_dir or Path(scratch)
-        spec = FoundationSpec(steps=args.steps, vae_steps=args.vae_steps, source=args.source)
+        spec = FoundationSpec(steps=args.steps, vae_steps=args.vae_steps, style_steps=args.style_steps,
+                              source=args.source)
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
         started = time.perf_counter()
         path = ensure_foundation(spec, cache_dir, TEMPLATE)
         measured = time.perf_counter() - started
         record = json.loads((path / "quality.json").read_text())
         training, quality = record["training"], record["quality"]
-        print(f"foundation build ({args.steps} steps, {args.vae_steps} VAE steps): {record['build_seconds']:.1f} s "
+        print(f"foundation build ({args.steps} steps, {args.vae_steps} VAE steps, {args.style_steps} style steps): "
+              f"{record['build_seconds']:.1f} s "
               f"(this call {measured:.1f} s)")
         print(f"  VAE {training['vae_seconds']:.1f} s, recon MSE {training['vae_mse_first']:.4f} -> "
               f"{training['vae_mse_final']:.4f}")

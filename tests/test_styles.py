@@ -1,5 +1,5 @@
-"""The candidate styled foundation's pool: style randomisation, its captions, the VAE's extra images and the public
-photos' provenance (warmfed_flwr/generative/styles.py)."""
+"""The shipped foundation's style stage: style randomisation, its captions, the VAE's extra images, the public
+photos' provenance (warmfed_flwr/generative/styles.py) and the stage itself (style_stage.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from warmfed_flwr.generative.styles import (
     vae_extras,
 )
 from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
+from warmfed_flwr.generative.tokenizer import class_words
 
 
 def _digit_like(count: int, size: int = 16) -> torch.Tensor:
@@ -102,7 +103,7 @@ def test_adding_style_words_keeps_every_old_token_embedding() -> None:
     old_table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
     prompt = pipe.tokenizer("a photo of a one", return_tensors="pt").input_ids
     before = pipe.text_encoder(prompt)[0]
-    add_style_words(pipe)
+    add_style_words(pipe, NAMES)
     table = pipe.text_encoder.get_input_embeddings().weight
     vocab = pipe.tokenizer.get_vocab()
     kept = [token for token in old_vocab if token in vocab]
@@ -123,3 +124,17 @@ def test_style_stage_trains_on_captioned_styles_and_freezes_after() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(unet_before, pipe.unet.parameters(), strict=True))
     assert not any(p.requires_grad for p in [*pipe.unet.parameters(), *pipe.text_encoder.parameters()])
     assert len(pipe.tokenizer("red on blue", add_special_tokens=False).input_ids) == 3
+
+
+def test_a_custom_pools_class_words_keep_their_tokens_through_the_style_stage() -> None:
+    names = ["chair", "duck", "tennis_racket"]  # without class_words "duck" is duc|k, then du|ck after the stage
+    pipe = build_tiny_pipeline(seed=1, words=class_words(names))
+    prompts = [f"a photo of a {name}" for name in names]
+    before = [pipe.tokenizer.tokenize(prompt) for prompt in prompts]
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    rows = {token: table[pipe.tokenizer.get_vocab()[token]] for tokens in before for token in tokens}
+    add_style_words(pipe, names)
+    assert [pipe.tokenizer.tokenize(prompt) for prompt in prompts] == before
+    assert ["chair</w>"] == before[0][-1:] and ["tennis</w>", "racket</w>"] == pipe.tokenizer.tokenize("tennis racket")
+    vocab, new_table = pipe.tokenizer.get_vocab(), pipe.text_encoder.get_input_embeddings().weight
+    assert all(torch.equal(new_table[vocab[token]], row) for token, row in rows.items())

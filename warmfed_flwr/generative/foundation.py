@@ -35,6 +35,7 @@ from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE
 from warmfed_flwr.generative.quality import foundation_quality, split_holdout
 from warmfed_flwr.generative.styles import source_phrase
 from warmfed_flwr.generative.tiny_architecture import build_tiny_pipeline
+from warmfed_flwr.generative.tokenizer import class_words
 from warmfed_flwr.learning.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -70,18 +71,20 @@ def _build_into(spec: FoundationSpec, cache_dir: Path, template: str, target: Pa
     pool, class_names = load_public_pool(spec.source, spec.image_size, cache_dir)
     train, holdout = split_holdout(pool, spec.holdout_fraction, spec.seed)
     device = resolve_device("auto")
-    pipe = build_tiny_pipeline(spec.seed, spec.image_size)
+    pipe = build_tiny_pipeline(spec.seed, spec.image_size, class_words(class_names))
     stats = pretrain_foundation(pipe, train, class_names, spec, template, device)
     scored = (spec.quality_images_per_class, spec.quality_steps, spec.quality_guidance, spec.seed, device)
     phrase = source_phrase(dataset_tensors(holdout)[0]) if spec.style_steps > 0 else ""
     quality = foundation_quality(pipe, train, class_names, template, holdout, *scored, domain_phrase=phrase)
-    plain = foundation_quality(pipe, train, class_names, template, holdout, *scored) if phrase else quality
+    plain = {}
+    if phrase:
+        plain["plain_prompt_quality"] = foundation_quality(pipe, train, class_names, template, holdout, *scored)
     pipe.to("cpu")
     build_seconds = time.perf_counter() - started
     record = {
         "key": target.name, "architecture": ARCHITECTURE, "spec": dataclasses.asdict(spec), "template": template,
         "class_names": class_names, "build_seconds": build_seconds, "training": stats, "quality": quality,
-        "plain_prompt_quality": plain, "versions": library_versions(),
+        **plain, "versions": library_versions(),
     }
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:

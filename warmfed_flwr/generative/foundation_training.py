@@ -1,4 +1,5 @@
-"""Pretraining of the tiny foundation: the VAE on reconstruction, then the UNet and text encoder on noise prediction."""
+"""Pretraining of the tiny foundation: the VAE on reconstruction, then the UNet and text encoder on noise prediction
+(the class stage), then, optionally, on restyled copies under style captions (the style stage)."""
 
 from __future__ import annotations
 
@@ -128,6 +129,8 @@ def pretrain_foundation(
     stats.update(_train_denoiser(pipe, images, labels, class_names, spec, template, device))
     if spec.style_steps > 0:
         stats.update(train_on_styles(pipe, images, labels, class_names, spec, template, device))
+        logger.info("foundation style stage: %.0f s (loss %.4f at the end)", stats["style_seconds"],
+                    stats["style_loss_final"])
     logger.info(
         "foundation pretrained: VAE %.0f s (recon MSE %.4f -> %.4f), UNet+text %.0f s (loss %.4f -> %.4f)",
         stats["vae_seconds"], stats["vae_mse_first"], stats["vae_mse_final"],

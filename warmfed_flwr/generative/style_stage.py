@@ -22,16 +22,17 @@ from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_
 from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.prompts import class_prompts
 from warmfed_flwr.generative.styles import WORDS, photo_crops, stylise
-from warmfed_flwr.generative.tokenizer import VOCABULARY, build_tokenizer
+from warmfed_flwr.generative.tokenizer import VOCABULARY, build_tokenizer, class_words
 
 logger = logging.getLogger(__name__)
 
 
-def add_style_words(pipe: StableDiffusionPipeline) -> None:
+def add_style_words(pipe: StableDiffusionPipeline, class_names: list[str]) -> None:
     """Give ``pipe`` a tokenizer that also holds every style word as one token, and a text encoder in which every
-    token the old vocabulary shares with the new keeps its trained embedding (all whole words; a few BPE pieces the
-    new merges no longer produce are dropped) and new ones start at the old table's mean."""
-    tokenizer = build_tokenizer([*VOCABULARY, *WORDS])
+    token the old vocabulary shares with the new keeps its trained embedding (the vocabulary's and the class names'
+    words: :func:`~warmfed_flwr.generative.tokenizer.class_words`; a few BPE pieces the new merges no longer produce
+    are dropped) and new ones start at the old table's mean."""
+    tokenizer = build_tokenizer([*VOCABULARY, *class_words(class_names), *WORDS])
     old = pipe.text_encoder
     text = CLIPTextModel(CLIPTextConfig(**{**old.config.to_dict(), "vocab_size": len(tokenizer)}))
     state = {key: value for key, value in old.state_dict().items() if "token_embedding" not in key}
@@ -62,7 +63,7 @@ def train_on_styles(
     (``spec.style_plain_prob`` of them under the plain class prompt, ``spec.uncond_prob`` under the empty one)."""
     size = images.shape[-1]
     pool = stylise(images, labels, photo_crops(spec.style_photo_crops, size, spec.seed), spec.style_copies, spec.seed)
-    add_style_words(pipe)
+    add_style_words(pipe, class_names)
     generator = torch.Generator().manual_seed(spec.seed + 1)
     captions = sorted(set(pool.phrases))
     row_of = {phrase: row for row, phrase in enumerate(captions)}

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from warmfed_flwr.errors import GeneratorError
-from warmfed_flwr.generative.tokenizer import MAX_TOKENS, build_tokenizer
+from warmfed_flwr.generative.tokenizer import MAX_TOKENS, VOCABULARY, build_tokenizer
 
 
-def build_tiny_pipeline(seed: int, image_size: int = 32) -> StableDiffusionPipeline:
+def build_tiny_pipeline(seed: int, image_size: int = 32, words: Sequence[str] = ()) -> StableDiffusionPipeline:
     """An untrained StableDiffusionPipeline for ``image_size`` RGB images, built from configs alone (seeded)."""
     if image_size % 2:
         raise GeneratorError(f"tiny foundation image_size = {image_size} must be even; use 32 or 64")
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer([*VOCABULARY, *words])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import pre_tokenizers
@@ -49,6 +51,13 @@ def _bpe_merges(words: list[str]) -> list[tuple[str, str]]:
                     merged.append(symbols[position])
                     position += 1
             pieces[index] = merged
+
+
+def class_words(class_names: Iterable[str]) -> list[str]:
+    """Every lower-case ASCII word of ``class_names`` ('Tennis_racket' -> 'tennis', 'racket'): what the tiny
+    foundation's tokenizer makes single tokens, so a class keeps its tokens, and their trained embeddings, from the
+    class stage to the style stage."""
+    return [word for name in class_names for word in re.findall(r"[a-z]+", name.lower())]
 
 
 def build_tokenizer(words: list[str] | None = None, max_length: int = MAX_TOKENS) -> CLIPTokenizer:

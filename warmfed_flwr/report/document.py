@@ -18,7 +18,8 @@ GLOBAL_NOTE = ("One-shot = round 0 of the warm-start methods (before any federat
                "ServerApp's start, without `flwr run` and Ray start-up; the JSON has the script's wall "
                "seconds per run).")
 PERSONAL_NOTE = ("Personalized = each client's personalized model on its own test split; mean over clients, "
-                 "± std over seeds; 'std over clients' = the population std over clients, mean over seeds. "
+                 "± std over seeds; 'std over clients' = the population std over clients, mean over seeds; "
+                 "'worst client' = the lowest client's final accuracy of each seed, mean ± std over seeds. "
                  "Global pooled = the global model, for reference ('-' for local-only). DSD shares = the "
                  "fraction of samples whose teacher is round t-1 / t-2 at the final round.")
 

@@ -254,3 +254,17 @@ def test_dp_runs_get_the_privacy_budget_table(tmp_path):
     budget = out.read_text().split("Privacy budget of the DP runs")[1]
     assert table_row(budget, "WarmFed, DP noise 5") == ["WarmFed, DP noise 5", "5", "8.19", "1e-05", "16"]
     assert "| WarmFed |" not in budget
+
+
+def test_runs_of_one_variant_under_other_overrides_are_reported_apart(tmp_path):
+    for seed in (0, 1):
+        for name, extra in (("plain", {}), ("student", {"overrides": {"personalization.student-start": "personal"}})):
+            personal = {"personal_acc_mean": 0.8 if name == "plain" else 0.9}
+            write_run(tmp_path / "runs" / f"{name}-s{seed}", {"algorithm": "warmfed", "train.rounds": 1, "seed": seed},
+                      [{"round": 1, "global_acc_pooled": 0.6, **personal}],
+                      {**marker("WarmFed + DSD", seed), "overrides": {}, **extra})
+    out = tmp_path / "personal.md"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    markdown = out.read_text()
+    assert table_row(markdown, "WarmFed + DSD")[1] == "80.0 ± 0.0"
+    assert table_row(markdown, "WarmFed + DSD [personalization.student-start = personal]")[1] == "90.0 ± 0.0"

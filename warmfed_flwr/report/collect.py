@@ -185,8 +185,21 @@ def collect_run(run_dir: str) -> dict[str, Any]:
 
 
 def collect(arguments: Sequence[str]) -> list[dict[str, Any]]:
-    """The records of every run directory the arguments name, in argument order."""
-    return [collect_run(run_dir) for run_dir in expand(arguments)]
+    """The records of every run directory the arguments name, in argument order (see :func:`label_overrides`)."""
+    return label_overrides([collect_run(run_dir) for run_dir in expand(arguments)])
+
+
+def label_overrides(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where runs of one variant were made under different ``--set`` overrides, those with overrides get them in
+    their variant name ('WarmFed + DSD [personalization.student-start = personal]'), so a report never pools them."""
+    kinds: dict[str, set[str]] = {}
+    for record in records:
+        kinds.setdefault(record["variant"], set()).add(json.dumps(record.get("overrides") or {}, sort_keys=True))
+    for record in records:
+        if len(kinds[record["variant"]]) > 1 and record.get("overrides"):
+            pairs = ", ".join(f"{key} = {value}" for key, value in sorted(record["overrides"].items()))
+            record["variant"] = f"{record['variant']} [{pairs}]"
+    return records
 
 
 def by_variant(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

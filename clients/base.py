@@ -128,20 +128,18 @@ class FederatedClient(NumPyClient):
             return {}
         student = build_model(self.cfg.model, len(self.class_names))
         t, p = self.cfg.train, self.cfg.personalization
+        carried = method == "ditto" or (method in ("dsd", "pfedsd") and p.student_start == "personal")
+        previous = load_arrays(self.context, PERSONAL) if carried else None
+        set_weights(student, payload.named_to_weights(previous) if previous else global_weights)
         kwargs = {"lr": t.lr, "batch_size": t.batch_size, "device": self.device, "seed": self.seed + algo_round}
         metrics: dict[str, float] = {}
         if method == "ditto":
-            previous = load_arrays(self.context, PERSONAL)
-            set_weights(student, payload.named_to_weights(previous) if previous else global_weights)
             anchor = build_model(self.cfg.model, len(self.class_names))
             set_weights(anchor, global_weights)
             metrics = personalization.train_ditto(student, list(anchor.parameters()), self.split.train, p, **kwargs)
         elif method == "finetune":
-            set_weights(student, global_weights)
             metrics = personalization.train_finetune(student, self.split.train, p, **kwargs)
         else:
-            previous = load_arrays(self.context, PERSONAL) if p.student_start == "personal" else None
-            set_weights(student, payload.named_to_weights(previous) if previous else global_weights)
             pool = self_distillation.LogitPool.from_arrays(load_arrays(self.context, POOL) or {})
             if method == "dsd":
                 pool, metrics = self_distillation.train_dsd(student, self.split.train, pool, algo_round, total_rounds,

@@ -23,7 +23,7 @@ from warmfed_flwr.generative.diffusion import (
 )
 from warmfed_flwr.generative.foundation_spec import FoundationSpec
 from warmfed_flwr.generative.images import training_images
-from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts
+from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE, class_prompts, prompt_tokens
 from warmfed_flwr.generative.style_stage import train_on_styles
 from warmfed_flwr.learning.training import resolve_device
 from warmfed_flwr.records.progress import progress_bar
@@ -85,13 +85,7 @@ def _train_denoiser(
     """UNet + text encoder trained jointly on the noise-prediction loss, with ``uncond_prob`` empty prompts."""
     generator = torch.Generator().manual_seed(spec.seed + 1)
     data = TrainingLatents.encode(pipe.vae, images, labels)
-    tokens = pipe.tokenizer(
-        class_prompts(template, class_names) + [""],
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
+    tokens = prompt_tokens(pipe, class_prompts(template, class_names) + [""], device)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     logger.info("foundation UNet+text: %d steps", spec.steps)
     losses, seconds = train_unet_and_text(

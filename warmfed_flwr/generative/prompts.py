@@ -27,6 +27,12 @@ def class_prompts(template: str, class_names: list[str], domain_phrase: str = ""
         ) from exc
 
 
+def prompt_tokens(pipe: StableDiffusionPipeline, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Token ids [len(prompts), max_length] of ``prompts``, padded and truncated as the pipeline encodes them."""
+    return pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids.to(device)
+
+
 @torch.no_grad()
 def prompt_embeddings(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
     """Text-encoder outputs [len(prompts), max_length, dim] in fp32 on the CPU, as the pipeline encodes prompts."""

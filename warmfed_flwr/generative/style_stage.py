@@ -20,7 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from warmfed_flwr.generative.diffusion import TrainingLatents, noise_prediction_loss, train_unet_and_text
 from warmfed_flwr.generative.foundation_spec import FoundationSpec
-from warmfed_flwr.generative.prompts import class_prompts
+from warmfed_flwr.generative.prompts import class_prompts, prompt_tokens
 from warmfed_flwr.generative.styles import WORDS, photo_crops, stylise
 from warmfed_flwr.generative.tokenizer import VOCABULARY, build_tokenizer, class_words
 
@@ -72,8 +72,7 @@ def train_on_styles(
     rows = torch.tensor([len(class_names) * (1 + row_of[phrase]) + int(label)
                          for phrase, label in zip(pool.phrases, pool.labels.tolist(), strict=True)])
     data = dataclasses.replace(TrainingLatents.encode(pipe.vae.to(device), pool.images, pool.labels), captions=rows)
-    tokens = pipe.tokenizer(table, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(device)
+    tokens = prompt_tokens(pipe, table, device)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     logger.info("foundation style stage: %d steps on %d restyled images, %d captions", spec.style_steps,
                 len(pool.labels), len(table))

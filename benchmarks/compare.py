@@ -98,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for line in dict.fromkeys(note for plan in plans for note in plan.notes):
         print(f"note: {line}", file=sys.stderr)
-    if run_root.is_relative_to(ROOT):
+    if run_root.is_relative_to(ROOT) and not run_root.is_relative_to(ROOT / "results"):
         print(f"note: {run_root} lies inside the app directory: `flwr run .` packs its .json/.yaml/.md files into "
-              "every run's FAB unless .gitignore excludes them", file=sys.stderr)
+              "every run's FAB unless pyproject.toml's fab-exclude names it", file=sys.stderr)
     suite = SuiteRun(command_line(argv), machine_description(plans[0].cfg.device), overrides)
     try:
         run_all(plans, suite, args.force, args.timeout)

@@ -1,7 +1,9 @@
-"""Candidate 'styled' foundation built from scratch: a VAE that keeps colours and a style-captioned prior (not the
-default; the shipped foundation learns classes first, then styles, with its 4-channel VAE).
+"""Candidate 'styled' foundation: a VAE that keeps colours and a style-captioned prior, from scratch or class first
+(not the default; the shipped foundation learns classes first, then styles, with its 4-channel VAE).
 
-    python -m benchmarks.styled_foundation --out /tmp/styled-foundation            # the measured recipe
+    python -m benchmarks.styled_foundation --out /tmp/styled-foundation            # from scratch (measured)
+    python -m benchmarks.styled_foundation --out /tmp/curriculum8 --class-steps 8000 --steps 4000 --lr 3e-4
+                                                                      # classes first, then styles, on the 8-ch VAE
     python -m benchmarks.vae_reconstruction /tmp/styled-foundation                  # its VAE per client domain
 
 Against the shipped tiny foundation it changes: the VAE (8 x 16 x 16 latents, channels 32/64, two layers per block,
@@ -9,7 +11,9 @@ L1 + MSE, 3,000 steps) reconstructs the styled pool plus colour-jittered crops o
 colours, gradients and random shapes (warmfed_flwr/generative/styles.py); the UNet (8 latent channels) and a wider text
 encoder (64) learn the public digits under generic style randomisation, each prompt naming its style in words
 ("a photo of a seven, red on blue, blurry"; 20 % plain class prompts, 10 % empty), with style words as single
-tokens. Its quality is measured on the public holdout under the holdout's own style phrase ('white on black').
+tokens. With ``--class-steps`` the UNet and text encoder first learn the plain class prompts (the shipped class stage,
+style words not yet in the tokenizer), then the styles (the shipped style stage). Its quality is measured on the public
+holdout under the holdout's own style phrase ('white on black').
 results/findings.md holds what it measured; it is not shipped.
 """
 
@@ -31,6 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from warmfed_flwr.data import default_cache_dir, load_public_pool
 from warmfed_flwr.generative.diffusion import encode_latent_stats, sample_latents
 from warmfed_flwr.generative.foundation_spec import FoundationSpec
+from warmfed_flwr.generative.foundation_training import train_class_stage
 from warmfed_flwr.generative.images import dataset_tensors, training_images
 from warmfed_flwr.generative.prompts import DEFAULT_TEMPLATE
 from warmfed_flwr.generative.quality import foundation_quality, split_holdout
@@ -45,6 +50,8 @@ class StyledSpec:
     """The candidate recipe."""
 
     steps: int = 8000
+    class_steps: int = 0
+    class_lr: float = 1e-3
     vae_steps: int = 3000
     style_copies: int = 6
     photo_crops: int = 2000
@@ -61,9 +68,10 @@ class StyledSpec:
 
 
 def styled_pipeline(spec: StyledSpec) -> StableDiffusionPipeline:
-    """The tiny pipeline with ``spec``'s latent channels, a wider text encoder and the style words as tokens."""
+    """The tiny pipeline with ``spec``'s latent channels, a wider text encoder and, unless a class stage comes first
+    (the style stage then adds them), the style words as tokens."""
     base = build_tiny_pipeline(spec.seed)
-    tokenizer = build_tokenizer([*VOCABULARY, *WORDS])
+    tokenizer = base.tokenizer if spec.class_steps else build_tokenizer([*VOCABULARY, *WORDS])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -113,8 +121,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=StyledSpec().steps)
     parser.add_argument("--vae-steps", type=int, default=StyledSpec().vae_steps)
     parser.add_argument("--lr", type=float, default=StyledSpec().lr)
+    parser.add_argument("--class-steps", type=int, default=StyledSpec().class_steps,
+                        help="steps of a class stage before the styles (0 = styles from scratch)")
     args = parser.parse_args()
-    spec = StyledSpec(steps=args.steps, vae_steps=args.vae_steps, lr=args.lr)
+    spec = StyledSpec(steps=args.steps, vae_steps=args.vae_steps, lr=args.lr, class_steps=args.class_steps)
     pool, class_names = load_public_pool("digits", 32, default_cache_dir())
     train, holdout = split_holdout(pool, 0.2, spec.seed)
     images, labels = training_images(train, class_names, 32, "foundation")
@@ -126,6 +136,10 @@ def main() -> None:
                            style_photo_crops=spec.photo_crops, style_plain_prob=spec.plain_prob,
                            uncond_prob=spec.uncond_prob, warmup_steps=spec.warmup_steps, batch_size=spec.batch_size,
                            seed=spec.seed)
+    if spec.class_steps:
+        stats.update(train_class_stage(pipe, images, labels, class_names,
+                                       dataclasses.replace(stage, steps=spec.class_steps, lr=spec.class_lr),
+                                       DEFAULT_TEMPLATE, torch.device("cpu")))
     stats.update(train_on_styles(pipe, images, labels, class_names, stage, DEFAULT_TEMPLATE, torch.device("cpu")))
     phrase = source_phrase(dataset_tensors(holdout)[0])
     quality = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,

@@ -73,7 +73,7 @@ def _train_vae(
     }
 
 
-def _train_denoiser(
+def train_class_stage(
     pipe: StableDiffusionPipeline,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -82,7 +82,8 @@ def _train_denoiser(
     template: str,
     device: torch.device,
 ) -> dict[str, Any]:
-    """UNet + text encoder trained jointly on the noise-prediction loss, with ``uncond_prob`` empty prompts."""
+    """The class stage: UNet + text encoder trained jointly (``spec.steps`` at ``spec.lr``) on the noise-prediction
+    loss under the class prompts, with ``uncond_prob`` empty prompts."""
     generator = torch.Generator().manual_seed(spec.seed + 1)
     data = TrainingLatents.encode(pipe.vae, images, labels)
     tokens = prompt_tokens(pipe, class_prompts(template, class_names) + [""], device)
@@ -120,7 +121,7 @@ def pretrain_foundation(
     stats = {"images": len(images), "vae_photo_crops": len(crops), "steps": spec.steps, "vae_steps": spec.vae_steps,
              "device": str(device)}
     stats.update(_train_vae(pipe.vae, images, spec, device, crops))
-    stats.update(_train_denoiser(pipe, images, labels, class_names, spec, template, device))
+    stats.update(train_class_stage(pipe, images, labels, class_names, spec, template, device))
     if spec.style_steps > 0:
         stats.update(train_on_styles(pipe, images, labels, class_names, spec, template, device))
         logger.info("foundation style stage: %.0f s (loss %.4f at the end)", stats["style_seconds"],

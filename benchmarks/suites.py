@@ -48,7 +48,7 @@ SUITES: dict[str, dict[str, dict[str, Any]]] = {
     "privacy": {
         "WarmFed (no DP)": {"algorithm": "warmfed"},
         **{f"WarmFed, DP noise {sigma:g}": {"algorithm": "warmfed", "privacy.noise-multiplier": sigma}
-           for sigma in (0.001, 0.01, 0.1)},
+           for sigma in (0.001, 0.002, 0.005, 0.01, 0.1)},
     },
 }
 SUITE_TITLES = {"global": "Global model", "ablation": "WarmFed ablation", "personal": "Personalized models",

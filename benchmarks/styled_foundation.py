@@ -4,6 +4,8 @@
     python -m benchmarks.styled_foundation --out /tmp/styled-foundation            # from scratch (measured)
     python -m benchmarks.styled_foundation --out /tmp/curriculum8 --class-steps 8000 --steps 4000 --lr 3e-4
                                                                       # classes first, then styles, on the 8-ch VAE
+    python -m benchmarks.styled_foundation --out /tmp/curriculum8w --class-steps 8000 --steps 4000 --lr 3e-4 \
+        --unet-channels 64 128 --vae-from /tmp/curriculum8                # the same with a 4x wider UNet, same VAE
     python -m benchmarks.vae_reconstruction /tmp/styled-foundation                  # its VAE per client domain
 
 Against the shipped tiny foundation it changes: the VAE (8 x 16 x 16 latents, channels 32/64, two layers per block,
@@ -57,6 +59,7 @@ class StyledSpec:
     photo_crops: int = 2000
     vae_extra_images: int = 1000
     latent_channels: int = 8
+    unet_channels: tuple[int, int] = (32, 64)
     text_width: int = 64
     lr: float = 1e-3
     vae_lr: float = 2e-3
@@ -79,7 +82,8 @@ def styled_pipeline(spec: StyledSpec) -> StableDiffusionPipeline:
                             latent_channels=spec.latent_channels, norm_num_groups=8, sample_size=32,
                             mid_block_add_attention=False)
         unet = UNet2DConditionModel(**{**base.unet.config, "in_channels": spec.latent_channels,
-                                       "out_channels": spec.latent_channels, "cross_attention_dim": spec.text_width})
+                                       "out_channels": spec.latent_channels, "cross_attention_dim": spec.text_width,
+                                       "block_out_channels": spec.unet_channels})
         text = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=spec.text_width, intermediate_size=2 * spec.text_width,
             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
@@ -123,15 +127,24 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=StyledSpec().lr)
     parser.add_argument("--class-steps", type=int, default=StyledSpec().class_steps,
                         help="steps of a class stage before the styles (0 = styles from scratch)")
+    parser.add_argument("--unet-channels", type=int, nargs=2, default=StyledSpec().unet_channels,
+                        help="the UNet's two block widths")
+    parser.add_argument("--vae-from", type=Path, help="reuse the VAE of a candidate built before (no VAE training)")
     args = parser.parse_args()
-    spec = StyledSpec(steps=args.steps, vae_steps=args.vae_steps, lr=args.lr, class_steps=args.class_steps)
+    spec = StyledSpec(steps=args.steps, vae_steps=args.vae_steps, lr=args.lr, class_steps=args.class_steps,
+                      unet_channels=tuple(args.unet_channels))
     pool, class_names = load_public_pool("digits", 32, default_cache_dir())
     train, holdout = split_holdout(pool, 0.2, spec.seed)
     images, labels = training_images(train, class_names, 32, "foundation")
     styled = stylise(images, labels, photo_crops(spec.photo_crops, 32, spec.seed), spec.style_copies, spec.seed)
     pipe = styled_pipeline(spec)
-    stats = train_vae(pipe.vae, torch.cat([styled.images, photo_crops(spec.photo_crops, 32, spec.seed + 1),
-                                           vae_extras(spec.vae_extra_images, 32, spec.seed)]), spec)
+    if args.vae_from:
+        pipe.vae = AutoencoderKL.from_pretrained(args.vae_from / "vae").eval().requires_grad_(False)
+        stats: dict[str, Any] = {"vae_from": str(args.vae_from)}
+    else:
+        stats = train_vae(pipe.vae, torch.cat([styled.images, photo_crops(spec.photo_crops, 32, spec.seed + 1),
+                                               vae_extras(spec.vae_extra_images, 32, spec.seed)]), spec)
+    record: dict[str, Any] = {"spec": dataclasses.asdict(spec), "training": stats}
     stage = FoundationSpec(style_steps=spec.steps, style_lr=spec.lr, style_copies=spec.style_copies,
                            style_photo_crops=spec.photo_crops, style_plain_prob=spec.plain_prob,
                            uncond_prob=spec.uncond_prob, warmup_steps=spec.warmup_steps, batch_size=spec.batch_size,
@@ -140,6 +153,10 @@ def main() -> None:
         stats.update(train_class_stage(pipe, images, labels, class_names,
                                        dataclasses.replace(stage, steps=spec.class_steps, lr=spec.class_lr),
                                        DEFAULT_TEMPLATE, torch.device("cpu")))
+        record["class_stage_plain_prompt_quality"] = foundation_quality(
+            pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed, torch.device("cpu"))
+        print(json.dumps({"class_stage_plain": record["class_stage_plain_prompt_quality"]["class_fidelity_mean"]}),
+              flush=True)
     stats.update(train_on_styles(pipe, images, labels, class_names, stage, DEFAULT_TEMPLATE, torch.device("cpu")))
     phrase = source_phrase(dataset_tensors(holdout)[0])
     quality = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
@@ -147,7 +164,7 @@ def main() -> None:
     pipe.save_pretrained(args.out, safe_serialization=True)
     plain = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
                                torch.device("cpu"))
-    record = {"spec": dataclasses.asdict(spec), "training": stats, "quality": quality, "plain_prompt_quality": plain}
+    record.update(quality=quality, plain_prompt_quality=plain)
     (args.out / "styled_record.json").write_text(json.dumps(record, indent=2))
     keys = ("class_fidelity_mean", "train_synthetic_test_real_acc", "train_real_test_real_acc", "domain_phrase")
     print(json.dumps({"style_phrase": {k: quality[k] for k in keys}, "plain": {k: plain[k] for k in keys}}))

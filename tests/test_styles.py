@@ -76,6 +76,13 @@ def test_every_style_word_is_one_token_of_the_styled_pipeline() -> None:
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
 
 
+def test_styled_pipeline_builds_the_requested_unet_width_on_its_latent_channels() -> None:
+    unet = styled_pipeline(StyledSpec(unet_channels=(48, 96), latent_channels=8)).unet
+    assert tuple(unet.config.block_out_channels) == (48, 96)
+    assert unet.config.in_channels == unet.config.out_channels == 8
+    assert unet(torch.zeros(1, 8, 4, 4), 0, torch.zeros(1, 3, 64)).sample.shape == (1, 8, 4, 4)
+
+
 def test_vae_extras_are_seeded_images_in_range() -> None:
     generator = torch.Generator().manual_seed(0)
     flat = flat_colours(4, 8, generator)

@@ -136,12 +136,15 @@ def main() -> None:
     pool, class_names = load_public_pool("digits", 32, default_cache_dir())
     train, holdout = split_holdout(pool, 0.2, spec.seed)
     images, labels = training_images(train, class_names, 32, "foundation")
-    styled = stylise(images, labels, photo_crops(spec.photo_crops, 32, spec.seed), spec.style_copies, spec.seed)
     pipe = styled_pipeline(spec)
     if args.vae_from:
         pipe.vae = AutoencoderKL.from_pretrained(args.vae_from / "vae").eval().requires_grad_(False)
+        if pipe.vae.config.latent_channels != spec.latent_channels:
+            parser.error(f"--vae-from {args.vae_from} has {pipe.vae.config.latent_channels} latent channels, the "
+                         f"UNet {spec.latent_channels}: give a candidate built with {spec.latent_channels}")
         stats: dict[str, Any] = {"vae_from": str(args.vae_from)}
     else:
+        styled = stylise(images, labels, photo_crops(spec.photo_crops, 32, spec.seed), spec.style_copies, spec.seed)
         stats = train_vae(pipe.vae, torch.cat([styled.images, photo_crops(spec.photo_crops, 32, spec.seed + 1),
                                                vae_extras(spec.vae_extra_images, 32, spec.seed)]), spec)
     record: dict[str, Any] = {"spec": dataclasses.asdict(spec), "training": stats}
@@ -149,21 +152,24 @@ def main() -> None:
                            style_photo_crops=spec.photo_crops, style_plain_prob=spec.plain_prob,
                            uncond_prob=spec.uncond_prob, warmup_steps=spec.warmup_steps, batch_size=spec.batch_size,
                            seed=spec.seed)
+
+    def holdout_quality(phrase: str = "") -> dict[str, Any]:
+        """The model card's quality figures on the public holdout, prompts carrying ``phrase``."""
+        return foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
+                                  torch.device("cpu"), domain_phrase=phrase)
+
     if spec.class_steps:
         stats.update(train_class_stage(pipe, images, labels, class_names,
                                        dataclasses.replace(stage, steps=spec.class_steps, lr=spec.class_lr),
                                        DEFAULT_TEMPLATE, torch.device("cpu")))
-        record["class_stage_plain_prompt_quality"] = foundation_quality(
-            pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed, torch.device("cpu"))
+        record["class_stage_plain_prompt_quality"] = holdout_quality()
         print(json.dumps({"class_stage_plain": record["class_stage_plain_prompt_quality"]["class_fidelity_mean"]}),
               flush=True)
     stats.update(train_on_styles(pipe, images, labels, class_names, stage, DEFAULT_TEMPLATE, torch.device("cpu")))
     phrase = source_phrase(dataset_tensors(holdout)[0])
-    quality = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
-                                 torch.device("cpu"), domain_phrase=phrase)
+    quality = holdout_quality(phrase)
     pipe.save_pretrained(args.out, safe_serialization=True)
-    plain = foundation_quality(pipe, train, class_names, DEFAULT_TEMPLATE, holdout, 50, 10, 3.0, spec.seed,
-                               torch.device("cpu"))
+    plain = holdout_quality()
     record.update(quality=quality, plain_prompt_quality=plain)
     (args.out / "styled_record.json").write_text(json.dumps(record, indent=2))
     keys = ("class_fidelity_mean", "train_synthetic_test_real_acc", "train_real_test_real_acc", "domain_phrase")
